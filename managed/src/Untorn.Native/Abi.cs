@@ -1,0 +1,111 @@
+using System.Runtime.InteropServices;
+
+namespace Untorn.Native;
+
+/// <summary>An opened image. Opaque: only pointers to it cross the ABI.</summary>
+[COpaque("untorn_fs")]
+public struct UntornFs
+{
+}
+
+/// <summary>One buffer of a vectored read or write.</summary>
+[CExternal("iovec", "sys/uio.h")]
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct Iovec
+{
+    public void* Base;
+    public nuint Len;
+}
+
+/// <summary>Options for untorn_open_image. Set size = sizeof(struct untorn_open_opts); a NULL opts means defaults.</summary>
+[CStruct("untorn_open_opts")]
+[StructLayout(LayoutKind.Sequential)]
+public struct UntornOpenOpts
+{
+    /// <summary>sizeof(struct untorn_open_opts) as the caller knows it (for ABI growth).</summary>
+    public uint size;
+    /// <summary>UNTORN_OPEN_* flags.</summary>
+    public uint flags;
+}
+
+/// <summary>A statx timestamp: seconds and nanoseconds since the epoch.</summary>
+[CStruct("untorn_statx_timestamp")]
+[StructLayout(LayoutKind.Sequential)]
+public struct UntornStatxTimestamp
+{
+    public long tv_sec;
+    public uint tv_nsec;
+    public int __reserved;
+}
+
+/// <summary>Byte-for-byte the Linux UAPI struct statx (256 bytes), under untorn's own name.</summary>
+[CStruct("untorn_statx")]
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct UntornStatx
+{
+    public uint stx_mask;
+    public uint stx_blksize;
+    public ulong stx_attributes;
+    public uint stx_nlink;
+    public uint stx_uid;
+    public uint stx_gid;
+    public ushort stx_mode;
+    public ushort __spare0;
+    public ulong stx_ino;
+    public ulong stx_size;
+    public ulong stx_blocks;
+    public ulong stx_attributes_mask;
+    public UntornStatxTimestamp stx_atime;
+    public UntornStatxTimestamp stx_btime;
+    public UntornStatxTimestamp stx_ctime;
+    public UntornStatxTimestamp stx_mtime;
+    public uint stx_rdev_major;
+    public uint stx_rdev_minor;
+    public uint stx_dev_major;
+    public uint stx_dev_minor;
+    public ulong stx_mnt_id;
+    public uint stx_dio_mem_align;
+    public uint stx_dio_offset_align;
+    public ulong stx_subvol;
+    public uint stx_atomic_write_unit_min;
+    public uint stx_atomic_write_unit_max;
+    public uint stx_atomic_write_segments_max;
+    public uint stx_dio_read_offset_align;
+    public uint stx_atomic_write_unit_max_opt;
+    public uint __spare2;
+    public fixed ulong __spare3[8];
+}
+
+/// <summary>One directory entry returned by untorn_readdir.</summary>
+[CStruct("untorn_dirent")]
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct UntornDirent
+{
+    /// <summary>Inode number.</summary>
+    public ulong d_ino;
+    /// <summary>Position cookie of the entry after this one.</summary>
+    public long d_off;
+    /// <summary>DT_* file type (DT_REG 8, DT_DIR 4, DT_LNK 10, ...), DT_UNKNOWN 0 without filetype.</summary>
+    public byte d_type;
+    /// <summary>Length of d_name, without the terminating NUL.</summary>
+    public byte d_namelen;
+    public fixed byte __pad[6];
+    /// <summary>NUL-terminated name.</summary>
+    public fixed byte d_name[256];
+}
+
+/// <summary>Flags of untorn_open_opts.flags.</summary>
+[CConstants]
+public static class OpenImageFlags
+{
+    /// <summary>Open the image read-only: every call that would modify it fails with -EROFS.</summary>
+    public const uint UNTORN_OPEN_RDONLY = 0x1;
+}
+
+/// <summary>Special directory descriptor: resolve paths from the image root (like AT_FDCWD).</summary>
+[CConstants]
+public static class AtFlags
+{
+    /// <summary>dirfd meaning "the root directory of the image".</summary>
+    public const int UNTORN_AT_ROOT = -100;
+}
