@@ -1,0 +1,224 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace Untorn.Native;
+
+/// <summary>The C ABI of libuntorn.so. Every call returns >= 0 on success or -errno.</summary>
+public static unsafe class Exports
+{
+    private const long MaxRwCount = int.MaxValue & ~4095L;
+    private const int UioMaxIov = 1024;
+    private static readonly ConcurrentDictionary<int, nint> Messages = new();
+    private static readonly nint VersionString = Marshal.StringToCoTaskMemUTF8(LibraryVersion.Text);
+
+    /// <summary>Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_open_image")]
+    public static int OpenImage([CType("const char *")] byte* path, [CType("const struct untorn_open_opts *")] UntornOpenOpts* opts, UntornFs** fsp)
+    {
+        try
+        {
+            if (path == null || fsp == null) return -Errno.EFAULT;
+            uint flags = 0;
+            if (opts != null)
+            {
+                if (opts->size < sizeof(uint)) return -Errno.EINVAL;
+                if (opts->size >= 2 * sizeof(uint)) flags = opts->flags;
+            }
+            if ((flags & ~OpenImageFlags.UNTORN_OPEN_RDONLY) != 0) return -Errno.EINVAL;
+            var fs = Ext4Fs.Open(Utf8(path), new OpenOptions { ReadOnly = (flags & OpenImageFlags.UNTORN_OPEN_RDONLY) != 0 });
+            *fsp = Handles.Register(fs);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Close an image and every descriptor opened on it.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_close_image")]
+    public static int CloseImage(UntornFs* fs)
+    {
+        try
+        {
+            Handles.Remove(fs).Dispose();
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_open")]
+    public static int Open(UntornFs* fs, [CType("const char *")] byte* path, int flags, uint mode)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            return f.Open(Bytes(path), flags, mode);
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Close a descriptor.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_close")]
+    public static int Close(UntornFs* fs, int fd)
+    {
+        try
+        {
+            Handles.Get(fs).Close(fd);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Read up to len bytes at offset off; returns the count, 0 at end of file.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_pread")]
+    [return: CType("ssize_t")]
+    public static nint Pread(UntornFs* fs, int fd, void* buf, nuint len, long off)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (len > (nuint)nint.MaxValue) return -Errno.EINVAL;
+            if (buf == null && len != 0) return -Errno.EFAULT;
+            int n = (int)Math.Min((ulong)len, (ulong)MaxRwCount);
+            return f.Pread(fd, new Span<byte>(buf, n), off, (ulong)buf);
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Vectored read at off (-1: at and advancing the file position); flags are RWF_* values.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_preadv2")]
+    [return: CType("ssize_t")]
+    public static nint Preadv2(UntornFs* fs, int fd, [CType("const struct iovec *")] Iovec* iov, int iovcnt, long off, int flags)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            var segments = Segments(iov, iovcnt);
+            return (nint)f.Preadv2(fd, segments, off, flags);
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_statx")]
+    public static int Statx(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, int flags, uint mask, UntornStatx* @out)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (@out == null) return -Errno.EFAULT;
+            if (path == null && (flags & AtFlags.EmptyPath) == 0) return -Errno.EFAULT;
+            var st = f.Statx(dirfd, path == null ? [] : Bytes(path), flags, mask);
+            Fill(@out, st);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Read up to max entries of the directory open on fd, from its position; returns the count, 0 at the end.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_readdir")]
+    public static int Readdir(UntornFs* fs, int fd, UntornDirent* ents, uint max)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (ents == null) return -Errno.EFAULT;
+            if (max == 0) return -Errno.EINVAL;
+            var list = f.ReadDir(fd, (int)Math.Min(max, 65536u));
+            for (int i = 0; i < list.Count; i++)
+            {
+                var d = &ents[i];
+                *d = default;
+                d->d_ino = list[i].Inode;
+                d->d_off = list[i].NextPos;
+                d->d_type = DirFileType.ToDt(list[i].FileType);
+                d->d_namelen = (byte)list[i].Name.Length;
+                list[i].Name.CopyTo(new Span<byte>(d->d_name, 255));
+            }
+            return list.Count;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>readlink(2): copy the target of the symbolic link at path (no NUL added, truncated to size).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_readlink")]
+    [return: CType("ssize_t")]
+    public static nint Readlink(UntornFs* fs, [CType("const char *")] byte* path, [CType("char *")] byte* buf, nuint size)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null || buf == null) return -Errno.EFAULT;
+            if (size == 0 || size > (nuint)nint.MaxValue) return -Errno.EINVAL;
+            var target = f.ReadLink(AtFlags.Root, Bytes(path));
+            int n = (int)Math.Min((ulong)target.Length, (ulong)size);
+            target.AsSpan(0, n).CopyTo(new Span<byte>(buf, n));
+            return n;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>A message for an error number (either sign); static storage, never NULL.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_strerror")]
+    [return: CType("const char *")]
+    public static byte* Strerror(int err)
+    {
+        int key = err == int.MinValue ? int.MaxValue : Math.Abs(err);
+        return (byte*)Messages.GetOrAdd(key, static k => Marshal.StringToCoTaskMemUTF8(Errno.Describe(k)));
+    }
+
+    /// <summary>The library version, "MAJOR.MINOR.PATCH".</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_version")]
+    [return: CType("const char *")]
+    public static byte* GetVersion() => (byte*)VersionString;
+
+    private static ReadOnlySpan<byte> Bytes(byte* s) => MemoryMarshal.CreateReadOnlySpanFromNullTerminated(s);
+
+    private static string Utf8(byte* s) => Encoding.UTF8.GetString(Bytes(s));
+
+    private static IoSegment[] Segments(Iovec* iov, int iovcnt)
+    {
+        if (iovcnt < 0 || iovcnt > UioMaxIov) throw new Ext4Exception(Errno.EINVAL, "bad iovec count");
+        if (iovcnt > 0 && iov == null) throw new Ext4Exception(Errno.EFAULT, "NULL iovec array");
+        var segs = new IoSegment[iovcnt];
+        long total = 0;
+        for (int i = 0; i < iovcnt; i++)
+        {
+            nuint len = iov[i].Len;
+            if (len > (nuint)nint.MaxValue || (total += (long)len) < 0) throw new Ext4Exception(Errno.EINVAL, "iovec lengths overflow");
+            if (len != 0 && iov[i].Base == null) throw new Ext4Exception(Errno.EFAULT, "NULL iovec buffer");
+            int n = (int)Math.Min((ulong)len, (ulong)MaxRwCount);
+            segs[i] = new IoSegment((ulong)iov[i].Base, new NativeBuffer((byte*)iov[i].Base, n).Memory);
+        }
+        return segs;
+    }
+
+    private static void Fill(UntornStatx* o, StatxData s)
+    {
+        *o = default;
+        o->stx_mask = s.Mask;
+        o->stx_blksize = s.BlkSize;
+        o->stx_attributes = s.Attributes;
+        o->stx_attributes_mask = s.AttributesMask;
+        o->stx_nlink = s.Nlink;
+        o->stx_uid = s.Uid;
+        o->stx_gid = s.Gid;
+        o->stx_mode = s.Mode;
+        o->stx_ino = s.Ino;
+        o->stx_size = s.Size;
+        o->stx_blocks = s.Blocks;
+        o->stx_atime = Time(s.Atime);
+        o->stx_btime = Time(s.Btime);
+        o->stx_ctime = Time(s.Ctime);
+        o->stx_mtime = Time(s.Mtime);
+        o->stx_dio_mem_align = s.DioMemAlign;
+        o->stx_dio_offset_align = s.DioOffsetAlign;
+        o->stx_atomic_write_unit_min = s.AtomicWriteUnitMin;
+        o->stx_atomic_write_unit_max = s.AtomicWriteUnitMax;
+        o->stx_atomic_write_segments_max = s.AtomicWriteSegmentsMax;
+        o->stx_atomic_write_unit_max_opt = s.AtomicWriteUnitMaxOpt;
+    }
+
+    private static UntornStatxTimestamp Time(Ext4Time t) => new() { tv_sec = t.Seconds, tv_nsec = t.Nanoseconds };
+}

@@ -1,0 +1,181 @@
+namespace Untorn;
+
+/// <summary>How an image is opened.</summary>
+public sealed record OpenOptions
+{
+    /// <summary>Open read-only: nothing is ever written to the image.</summary>
+    public bool ReadOnly { get; init; }
+}
+
+/// <summary>
+/// An opened ext4 filesystem: the superblock and group descriptors, inode and block access, and
+/// the data read path. Opening is lazy (only the superblock is read); every structure is validated
+/// when first used. Safe for concurrent callers: state after open is immutable or concurrent.
+/// </summary>
+public sealed partial class Ext4Fs : IDisposable
+{
+    public const uint RootIno = 2;
+    private readonly GroupDescTable _groups;
+    private int _disposed;
+
+    private Ext4Fs(IBlockDevice device, Superblock sb, bool readOnly)
+    {
+        Device = device;
+        Super = sb;
+        ReadOnly = readOnly;
+        _groups = new GroupDescTable(device, sb);
+        Files = new OpenFileTable();
+    }
+
+    public Superblock Super { get; }
+    public IBlockDevice Device { get; }
+    public bool ReadOnly { get; }
+    internal OpenFileTable Files { get; }
+
+    public static Ext4Fs Open(string path, OpenOptions? options = null)
+    {
+        options ??= new OpenOptions();
+        bool ro = options.ReadOnly;
+        IBlockDevice dev;
+        try { dev = new FileBlockDevice(path, ro); }
+        catch (Ext4Exception e) when (!ro && e.Errno is Errno.EROFS or Errno.EACCES)
+        {
+            // A file we may not write (e.g. chmod a-w) still opens, read-only, as mount falls back to ro.
+            dev = new FileBlockDevice(path, readOnly: true);
+        }
+        try { return Open(dev, options); }
+        catch { dev.Dispose(); throw; }
+    }
+
+    /// <summary>Opens the filesystem on <paramref name="device"/>; the returned object owns it.</summary>
+    public static Ext4Fs Open(IBlockDevice device, OpenOptions? options = null)
+    {
+        options ??= new OpenOptions();
+        if (device.Size < Superblock.Offset + Superblock.Size)
+            throw new Ext4Exception(Errno.EINVAL, $"device of {device.Size} bytes is too small for ext4");
+        var raw = new byte[Superblock.Size];
+        device.Read(Superblock.Offset, raw);
+        var sb = Superblock.Parse(raw);
+
+        uint unsupported = sb.FeatureIncompat & ~Features.IncompatReadable;
+        if (unsupported != 0)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, $"unsupported INCOMPAT features 0x{unsupported:x}");
+        if ((ulong)sb.BlockSize * sb.BlocksCount > (ulong)device.Size)
+            throw new Ext4Exception(Errno.EINVAL, $"bad geometry: {sb.BlocksCount} blocks of {sb.BlockSize} exceed the device ({device.Size} bytes); truncated image?");
+
+        bool readOnly = options.ReadOnly || device.IsReadOnly;
+        if (!readOnly)
+        {
+            uint unknownRo = sb.FeatureRoCompat & ~Features.RoCompatKnown;
+            if (unknownRo != 0 || (sb.FeatureRoCompat & Features.RoCompatReadonly) != 0)
+                throw new Ext4Exception(Errno.EROFS, $"RO_COMPAT features 0x{unknownRo | (sb.FeatureRoCompat & Features.RoCompatReadonly):x} allow read-only access only");
+            if (sb.NeedsRecovery)
+                throw new Ext4Exception(Errno.EOPNOTSUPP, "the journal needs recovery, which this version cannot replay yet; open read-only");
+        }
+        var fs = new Ext4Fs(device, sb, readOnly);
+        fs.ReadInode(RootIno); // a filesystem whose root cannot be read is not worth handing out
+        return fs;
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        Files.CloseAll();
+        Device.Dispose();
+    }
+
+    internal GroupDesc Group(uint g) => _groups.Get(g);
+
+    /// <summary>Reads and verifies inode <paramref name="ino"/>.</summary>
+    public Inode ReadInode(uint ino)
+    {
+        var sb = Super;
+        if (ino == 0 || ino > sb.InodesCount) throw Ext4Exception.Corrupted($"inode number {ino} out of range");
+        uint group = (ino - 1) / sb.InodesPerGroup, index = (ino - 1) % sb.InodesPerGroup;
+        var gd = Group(group);
+        if ((gd.Flags & GroupDesc.FlagInodeUninit) != 0 && (sb.HasMetadataCsum || sb.HasGdtCsum))
+            throw Ext4Exception.Corrupted($"inode {ino} is in an uninitialized inode table");
+        long offset = (long)gd.InodeTable * sb.BlockSize + (long)index * sb.InodeSize;
+        var raw = new byte[sb.InodeSize];
+        Device.Read(offset, raw);
+        return Inode.Parse(ino, raw, sb);
+    }
+
+    /// <summary>Reads inode <paramref name="ino"/> as something a directory entry points to: it must be in use.</summary>
+    internal Inode ReadLinkedInode(uint ino)
+    {
+        var inode = ReadInode(ino);
+        if (inode.LinksCount == 0 && inode.Mode == 0)
+            throw Ext4Exception.Corrupted($"directory entry points to unused inode {ino}");
+        return inode;
+    }
+
+    internal byte[] ReadBlock(ulong pblk)
+    {
+        if (pblk >= Super.BlocksCount) throw Ext4Exception.Corrupted($"block {pblk} beyond the filesystem");
+        var b = new byte[Super.BlockSize];
+        Device.Read((long)pblk * Super.BlockSize, b);
+        return b;
+    }
+
+    /// <summary>ext4_inode_block_valid: a run of blocks a file points to must lie inside the filesystem, past the superblock.</summary>
+    internal void CheckDataBlocks(ulong pblk, ulong count, string where)
+    {
+        if (pblk <= Super.FirstDataBlock || pblk + count < pblk || pblk + count > Super.BlocksCount)
+            throw Ext4Exception.Corrupted($"{where}: blocks {pblk}+{count} outside the filesystem");
+    }
+
+    /// <summary>Reads file bytes at <paramref name="offset"/>; returns the count (0 at or past EOF). Holes and unwritten extents read as zeros.</summary>
+    public int ReadData(Inode inode, Span<byte> buffer, long offset)
+    {
+        if (offset < 0) throw new Ext4Exception(Errno.EINVAL, "negative offset");
+        if ((ulong)offset >= inode.Size || buffer.IsEmpty) return 0;
+        int count = (int)Math.Min((ulong)buffer.Length, inode.Size - (ulong)offset);
+        var dest = buffer[..count];
+        if (inode.HasInlineData)
+        {
+            var data = InlineData.Read(inode);
+            if (inode.Size > (ulong)data.Length) throw Ext4Exception.Corrupted($"inode {inode.Number}: inline size {inode.Size} exceeds its data");
+            data.AsSpan((int)offset, count).CopyTo(dest);
+            return count;
+        }
+        int bs = Super.BlockSize;
+        var mapper = BlockMapper.For(this, inode);
+        long pos = offset;
+        while (!dest.IsEmpty)
+        {
+            ulong lblk = (ulong)(pos / bs);
+            int inBlock = (int)(pos % bs);
+            ulong wantBlocks = (ulong)((inBlock + dest.Length + bs - 1) / bs);
+            var run = mapper.Map(lblk, wantBlocks);
+            int n = (int)Math.Min((long)dest.Length, (long)run.Length * bs - inBlock);
+            if (run.IsHole || run.Unwritten) dest[..n].Clear();
+            else Device.Read((long)run.Physical * bs + inBlock, dest[..n]);
+            dest = dest[n..];
+            pos += n;
+        }
+        return count;
+    }
+
+    /// <summary>The target of a symbolic link: fast (in i_block), inline, or in data blocks.</summary>
+    public byte[] ReadLinkTarget(Inode inode)
+    {
+        if (!inode.IsSymlink) throw new Ext4Exception(Errno.EINVAL, "not a symbolic link");
+        if (inode.Size == 0 || inode.Size >= 4096) throw Ext4Exception.Corrupted($"symlink inode {inode.Number} has size {inode.Size}");
+        if (!inode.HasInlineData && IsFastSymlink(inode))
+        {
+            if (inode.Size >= Inode.BlockArraySize) throw Ext4Exception.Corrupted($"fast symlink inode {inode.Number} has size {inode.Size}");
+            return inode.BlockArray[..(int)inode.Size].ToArray();
+        }
+        var target = new byte[inode.Size];
+        if (ReadData(inode, target, 0) != target.Length) throw Ext4Exception.Corrupted($"symlink inode {inode.Number} is short");
+        return target;
+    }
+
+    // Fast symlinks keep the target in i_block and own no data blocks (only an xattr block, maybe).
+    private bool IsFastSymlink(Inode inode)
+    {
+        ulong eaSectors = inode.FileAcl != 0 ? (ulong)(Super.ClusterSize / 512) : 0;
+        return inode.Sectors == eaSectors;
+    }
+}
