@@ -186,7 +186,7 @@ internal static class Dir
     // i_block); the entries follow in i_block[4..60] and then in the system.data value.
     private static List<DirEntry> ReadInline(Ext4Fs fs, Inode dir, long pos, int max, List<DirEntry> result)
     {
-        var data = InlineData.Read(dir);
+        var data = Inline.Read(dir);
         uint parent = BinaryPrimitives.ReadUInt32LittleEndian(data);
         if (pos <= InlineDot) result.Add(new DirEntry(dir.Number, DirFileType.Dir, "."u8.ToArray(), InlineDotDot));
         if (pos <= InlineDotDot && result.Count < max) result.Add(new DirEntry(parent, DirFileType.Dir, ".."u8.ToArray(), InlineBase));
@@ -205,7 +205,7 @@ internal static class Dir
 
     private static uint LookupInline(Ext4Fs fs, Inode dir, ReadOnlySpan<byte> name)
     {
-        var data = InlineData.Read(dir);
+        var data = Inline.Read(dir);
         if (name.SequenceEqual("."u8)) return dir.Number;
         if (name.SequenceEqual(".."u8)) return BinaryPrimitives.ReadUInt32LittleEndian(data);
         foreach (var (_, region) in InlineRegions(dir, data))

@@ -123,7 +123,7 @@ internal static class DxDir
         if (count > limit || tail + 8 > block.Length)
             throw Ext4Exception.Corrupted($"directory {dir.Number}: dx block {lblk} has no room for its checksum");
         uint crc = Crc.Crc32c(dir.CsumSeed, block[..(offset + count * EntrySize)]);
-        crc = Crc.Crc32c(crc, block.Slice(tail, 4));
+        crc = Crc.Crc32cSkipping(crc, block.Slice(tail, 8), 4, 4); // dx_tail with dt_checksum as zero
         if (crc != BinaryPrimitives.ReadUInt32LittleEndian(block[(tail + 4)..]))
             throw Ext4Exception.BadChecksum($"directory {dir.Number}: dx block {lblk}");
     }

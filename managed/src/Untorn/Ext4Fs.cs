@@ -134,7 +134,7 @@ public sealed partial class Ext4Fs : IDisposable
         var dest = buffer[..count];
         if (inode.HasInlineData)
         {
-            var data = InlineData.Read(inode);
+            var data = Inline.Read(inode);
             if (inode.Size > (ulong)data.Length) throw Ext4Exception.Corrupted($"inode {inode.Number}: inline size {inode.Size} exceeds its data");
             data.AsSpan((int)offset, count).CopyTo(dest);
             return count;

@@ -13,12 +13,16 @@ public readonly record struct GroupDesc(
     public static GroupDesc Parse(ReadOnlySpan<byte> d, bool is64)
     {
         var v = new LeView(d);
-        ulong hi32(uint x) => is64 ? (ulong)x << 32 : 0;
-        uint hi16(uint x) => is64 ? x << 16 : 0;
         return new GroupDesc(
-            v.U32(0x0) | hi32(v.U32(0x20)), v.U32(0x4) | hi32(v.U32(0x24)), v.U32(0x8) | hi32(v.U32(0x28)),
-            v.U16(0xC) | hi16(v.U16(0x2C)), v.U16(0xE) | hi16(v.U16(0x2E)), v.U16(0x10) | hi16(v.U16(0x30)),
-            v.U16(0x12), v.U16(0x1C) | hi16(v.U16(0x32)), v.U16(0x1E));
+            v.U32(0x0) | (is64 ? (ulong)v.U32(0x20) << 32 : 0),
+            v.U32(0x4) | (is64 ? (ulong)v.U32(0x24) << 32 : 0),
+            v.U32(0x8) | (is64 ? (ulong)v.U32(0x28) << 32 : 0),
+            v.U16(0xC) | (is64 ? (uint)v.U16(0x2C) << 16 : 0),
+            v.U16(0xE) | (is64 ? (uint)v.U16(0x2E) << 16 : 0),
+            v.U16(0x10) | (is64 ? (uint)v.U16(0x30) << 16 : 0),
+            v.U16(0x12),
+            v.U16(0x1C) | (is64 ? (uint)v.U16(0x32) << 16 : 0),
+            v.U16(0x1E));
     }
 }
 
@@ -43,12 +47,17 @@ internal sealed class GroupDescTable(IBlockDevice dev, Superblock sb)
     public ulong DescBlockOf(uint group)
     {
         uint metaGroup = group / (uint)DescsPerBlock;
+        // The block holding the primary superblock: 1 with 1 KiB blocks (even when bigalloc makes
+        // s_first_data_block 0), else 0. The table follows it.
+        ulong superBlock = sb.BlockSize == 1024 ? 1UL : 0UL;
         if (!sb.HasMetaBg || metaGroup < sb.FirstMetaBg)
-            return sb.FirstDataBlock + 1UL + metaGroup;
+            return superBlock + 1 + metaGroup;
         // meta_bg: each meta group's descriptors sit in the first block after the superblock
         // backup (if any) of the meta group's first group.
         uint first = metaGroup * (uint)DescsPerBlock;
-        return GroupFirstBlock(first) + (sb.GroupHasSuper(first) ? 1UL : 0UL);
+        ulong skip = sb.GroupHasSuper(first) ? 1UL : 0UL;
+        if (metaGroup == 0 && sb.BlockSize == 1024 && sb.FirstDataBlock == 0) skip++;
+        return GroupFirstBlock(first) + skip;
     }
 
     public ulong GroupFirstBlock(uint group) => sb.FirstDataBlock + (ulong)group * sb.BlocksPerGroup;

@@ -7,7 +7,7 @@ namespace Untorn;
 /// extended attribute "system.data" (name index 7). Directories keep the parent's inode number in
 /// the first 4 bytes of i_block and their entries after it.
 /// </summary>
-internal static class InlineData
+internal static class Inline
 {
     private const uint XattrMagic = 0xEA020000;
     private const byte SystemIndex = 7;
