@@ -36,8 +36,8 @@ public sealed class FileBlockDevice : IBlockDevice
         catch (UnauthorizedAccessException e) { throw new Ext4Exception(readOnly ? Errno.EACCES : Errno.EROFS, e.Message); }
         catch (IOException e) { throw new Ext4Exception(Errno.EIO, e.Message); }
         Size = RandomAccess.GetLength(_handle);
-        if (Size == 0 && !File.Exists(path))
-            Size = BlockDeviceSize(path);
+        if (Size == 0) // a block device: stat reports no length, the BLKGETSIZE64 ioctl does
+            Size = BlockDeviceSize(_handle);
     }
 
     public long Size { get; }
@@ -72,12 +72,13 @@ public sealed class FileBlockDevice : IBlockDevice
 
     public void Dispose() => _handle.Dispose();
 
-    // A block device reports length 0 through stat; its size is where a seek to the end lands.
-    private static long BlockDeviceSize(string path)
-    {
-        using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        return s.Seek(0, SeekOrigin.End);
-    }
+    private const ulong BlkGetSize64 = 0x80081272;
+
+    [System.Runtime.InteropServices.DllImport("libc.so.6", SetLastError = true)]
+    private static extern int ioctl(SafeFileHandle fd, ulong request, out ulong value);
+
+    private static long BlockDeviceSize(SafeFileHandle handle) =>
+        ioctl(handle, BlkGetSize64, out ulong size) == 0 ? (long)size : 0;
 }
 
 /// <summary>An image held in memory (tests, fuzzing).</summary>
