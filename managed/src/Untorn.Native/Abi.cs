@@ -91,6 +91,7 @@ public unsafe struct UntornDirent
     public byte d_namelen;
     public fixed byte __pad[6];
     /// <summary>NUL-terminated name.</summary>
+    [CType("char")]
     public fixed byte d_name[256];
 }
 
@@ -104,8 +105,46 @@ public static class OpenImageFlags
 
 /// <summary>Special directory descriptor: resolve paths from the image root (like AT_FDCWD).</summary>
 [CConstants]
-public static class AtFlags
+public static class DirFdConstants
 {
     /// <summary>dirfd meaning "the root directory of the image".</summary>
     public const int UNTORN_AT_ROOT = -100;
+}
+
+/// <summary>Linux RWF_* flags for untorn_preadv2/untorn_pwritev2 (older libc headers lack RWF_ATOMIC).</summary>
+[CConstants]
+public static class RwfConstants
+{
+    /// <summary>High-priority request (accepted, no effect).</summary>
+    public const int UNTORN_RWF_HIPRI = 0x01;
+    /// <summary>Per-IO O_DSYNC.</summary>
+    public const int UNTORN_RWF_DSYNC = 0x02;
+    /// <summary>Per-IO O_SYNC.</summary>
+    public const int UNTORN_RWF_SYNC = 0x04;
+    /// <summary>Fail with -EAGAIN rather than block.</summary>
+    public const int UNTORN_RWF_NOWAIT = 0x08;
+    /// <summary>Per-IO O_APPEND.</summary>
+    public const int UNTORN_RWF_APPEND = 0x10;
+    /// <summary>Per-IO negation of O_APPEND.</summary>
+    public const int UNTORN_RWF_NOAPPEND = 0x20;
+    /// <summary>All or nothing: the write is never torn.</summary>
+    public const int UNTORN_RWF_ATOMIC = 0x40;
+}
+
+/// <summary>statx(2) mask and attribute bits untorn reports (older libc headers lack the newer ones).</summary>
+[CConstants]
+public static class StatxConstants
+{
+    /// <summary>Type, mode, nlink, uid, gid, times, ino, size, blocks.</summary>
+    public const uint UNTORN_STATX_BASIC_STATS = 0x7ff;
+    /// <summary>stx_btime (creation time).</summary>
+    public const uint UNTORN_STATX_BTIME = 0x800;
+    /// <summary>stx_dio_mem_align and stx_dio_offset_align.</summary>
+    public const uint UNTORN_STATX_DIOALIGN = 0x2000;
+    /// <summary>stx_atomic_write_unit_min/_max/_segments_max (and _unit_max_opt).</summary>
+    public const uint UNTORN_STATX_WRITE_ATOMIC = 0x10000;
+    /// <summary>stx_dio_read_offset_align.</summary>
+    public const uint UNTORN_STATX_DIO_READ_ALIGN = 0x20000;
+    /// <summary>stx_attributes bit: the file supports atomic writes.</summary>
+    public const uint UNTORN_STATX_ATTR_WRITE_ATOMIC = 0x400000;
 }
