@@ -26,6 +26,23 @@ extern "C" {
 /* Special directory descriptor: resolve paths from the image root (like AT_FDCWD). */
 #define UNTORN_AT_ROOT (-100)  /* dirfd meaning "the root directory of the image". */
 
+/* Linux RWF_* flags for untorn_preadv2/untorn_pwritev2 (older libc headers lack RWF_ATOMIC). */
+#define UNTORN_RWF_HIPRI    1  /* High-priority request (accepted, no effect). */
+#define UNTORN_RWF_DSYNC    2  /* Per-IO O_DSYNC. */
+#define UNTORN_RWF_SYNC     4  /* Per-IO O_SYNC. */
+#define UNTORN_RWF_NOWAIT   8  /* Fail with -EAGAIN rather than block. */
+#define UNTORN_RWF_APPEND   16  /* Per-IO O_APPEND. */
+#define UNTORN_RWF_NOAPPEND 32  /* Per-IO negation of O_APPEND. */
+#define UNTORN_RWF_ATOMIC   64  /* All or nothing: the write is never torn. */
+
+/* statx(2) mask and attribute bits untorn reports (older libc headers lack the newer ones). */
+#define UNTORN_STATX_BASIC_STATS       0x7ffu  /* Type, mode, nlink, uid, gid, times, ino, size, blocks. */
+#define UNTORN_STATX_BTIME             0x800u  /* stx_btime (creation time). */
+#define UNTORN_STATX_DIOALIGN          0x2000u  /* stx_dio_mem_align and stx_dio_offset_align. */
+#define UNTORN_STATX_WRITE_ATOMIC      0x10000u  /* stx_atomic_write_unit_min/_max/_segments_max (and _unit_max_opt). */
+#define UNTORN_STATX_DIO_READ_ALIGN    0x20000u  /* stx_dio_read_offset_align. */
+#define UNTORN_STATX_ATTR_WRITE_ATOMIC 0x400000u  /* stx_attributes bit: the file supports atomic writes. */
+
 struct untorn_fs;
 
 /* Options for untorn_open_image. Set size = sizeof(struct untorn_open_opts); a NULL opts means defaults. */
@@ -83,7 +100,7 @@ struct untorn_dirent {
 	uint8_t d_type;                          /* DT_* file type (DT_REG 8, DT_DIR 4, DT_LNK 10, ...), DT_UNKNOWN 0 without filetype. */
 	uint8_t d_namelen;                       /* Length of d_name, without the terminating NUL. */
 	uint8_t __pad[6];
-	uint8_t d_name[256];                     /* NUL-terminated name. */
+	char d_name[256];                        /* NUL-terminated name. */
 };
 
 /* Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL. */
