@@ -27,13 +27,13 @@ extern "C" {
 #define UNTORN_AT_ROOT (-100)  /* dirfd meaning "the root directory of the image". */
 
 /* Linux RWF_* flags for untorn_preadv2/untorn_pwritev2 (older libc headers lack RWF_ATOMIC). */
-#define UNTORN_RWF_HIPRI    1  /* High-priority request (accepted, no effect). */
-#define UNTORN_RWF_DSYNC    2  /* Per-IO O_DSYNC. */
-#define UNTORN_RWF_SYNC     4  /* Per-IO O_SYNC. */
-#define UNTORN_RWF_NOWAIT   8  /* Fail with -EAGAIN rather than block. */
-#define UNTORN_RWF_APPEND   16  /* Per-IO O_APPEND. */
-#define UNTORN_RWF_NOAPPEND 32  /* Per-IO negation of O_APPEND. */
-#define UNTORN_RWF_ATOMIC   64  /* All or nothing: the write is never torn. */
+#define UNTORN_RWF_HIPRI    0x1  /* High-priority request (accepted, no effect). */
+#define UNTORN_RWF_DSYNC    0x2  /* Per-IO O_DSYNC. */
+#define UNTORN_RWF_SYNC     0x4  /* Per-IO O_SYNC. */
+#define UNTORN_RWF_NOWAIT   0x8  /* Fail with -EAGAIN rather than block. */
+#define UNTORN_RWF_APPEND   0x10  /* Per-IO O_APPEND. */
+#define UNTORN_RWF_NOAPPEND 0x20  /* Per-IO negation of O_APPEND. */
+#define UNTORN_RWF_ATOMIC   0x40  /* All or nothing: the write is never torn. */
 
 /* statx(2) mask and attribute bits untorn reports (older libc headers lack the newer ones). */
 #define UNTORN_STATX_BASIC_STATS       0x7ffu  /* Type, mode, nlink, uid, gid, times, ino, size, blocks. */

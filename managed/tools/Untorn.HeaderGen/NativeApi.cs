@@ -94,7 +94,7 @@ internal sealed class NativeApi
     {
         uint u => $"0x{u:x}u",
         int i when i < 0 => $"({i})",
-        int i => i.ToString(),
+        int i => $"0x{i:x}",
         ulong ul => $"0x{ul:x}ull",
         long l => l < 0 ? $"({l}ll)" : $"{l}ll",
         _ => throw new InvalidOperationException($"constant of unsupported type {value.GetType()}"),
