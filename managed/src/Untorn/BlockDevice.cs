@@ -16,6 +16,18 @@ public interface IBlockDevice : IDisposable
     void Read(long offset, Span<byte> buffer);
     void Write(long offset, ReadOnlySpan<byte> buffer);
     void Flush();
+    /// <summary>What the backing store itself writes untorn (none unless it says so).</summary>
+    AtomicWriteLimits AtomicWrite => AtomicWriteLimits.None;
+}
+
+/// <summary>
+/// A device's atomic write unit range in bytes, as Linux statx(STATX_WRITE_ATOMIC) reports it for the
+/// backing file: writes of a power-of-two size in [UnitMin, UnitMax], naturally aligned, are untorn.
+/// </summary>
+public readonly record struct AtomicWriteLimits(uint UnitMin, uint UnitMax, uint SegmentsMax)
+{
+    public static AtomicWriteLimits None => default;
+    public bool Supported => UnitMin != 0 && UnitMax >= UnitMin;
 }
 
 /// <summary>An image file or block device opened through the OS.</summary>
@@ -38,7 +50,10 @@ public sealed class FileBlockDevice : IBlockDevice
         Size = RandomAccess.GetLength(_handle);
         if (Size == 0) // a block device: stat reports no length, the BLKGETSIZE64 ioctl does
             Size = BlockDeviceSize(_handle);
+        AtomicWrite = HostAtomicWrite(_handle);
     }
+
+    public AtomicWriteLimits AtomicWrite { get; }
 
     public long Size { get; }
     public bool IsReadOnly { get; }
@@ -79,6 +94,30 @@ public sealed class FileBlockDevice : IBlockDevice
 
     private static long BlockDeviceSize(SafeFileHandle handle) =>
         ioctl(handle, BlkGetSize64, out ulong size) == 0 ? (long)size : 0;
+
+    private const int AtEmptyPath = 0x1000;
+    private const uint StatxWriteAtomic = 0x10000;
+
+    [System.Runtime.InteropServices.DllImport("libc.so.6", SetLastError = true)]
+    private static extern int statx(SafeFileHandle dirfd, [System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path,
+        int flags, uint mask, byte[] statxbuf);
+
+    /// <summary>
+    /// The host's own untorn-write range for this file or device (e.g. XFS with reflink serves
+    /// software atomic writes; NVMe reports AWUPF). Kernels or libcs without it report none.
+    /// </summary>
+    private static AtomicWriteLimits HostAtomicWrite(SafeFileHandle handle)
+    {
+        var buf = new byte[256];
+        try
+        {
+            if (statx(handle, "", AtEmptyPath, StatxWriteAtomic, buf) != 0) return AtomicWriteLimits.None;
+        }
+        catch (EntryPointNotFoundException) { return AtomicWriteLimits.None; }
+        var v = new LeView(buf);
+        if ((v.U32(0x00) & StatxWriteAtomic) == 0) return AtomicWriteLimits.None;
+        return new AtomicWriteLimits(v.U32(0xA8), v.U32(0xAC), v.U32(0xB0));
+    }
 }
 
 /// <summary>An image held in memory (tests, fuzzing).</summary>
