@@ -6,7 +6,8 @@ namespace Untorn;
 /// <summary>One block group descriptor (32 or 64 bytes), with the _lo/_hi halves joined.</summary>
 public readonly record struct GroupDesc(
     ulong BlockBitmap, ulong InodeBitmap, ulong InodeTable, uint FreeBlocksCount, uint FreeInodesCount,
-    uint UsedDirsCount, ushort Flags, uint ItableUnused, ushort Checksum)
+    uint UsedDirsCount, ushort Flags, uint ItableUnused, ushort Checksum,
+    uint BlockBitmapCsum = 0, uint InodeBitmapCsum = 0)
 {
     public const ushort FlagInodeUninit = 0x1, FlagBlockUninit = 0x2, FlagItableZeroed = 0x4;
 
@@ -22,7 +23,10 @@ public readonly record struct GroupDesc(
             v.U16(0x10) | (is64 ? (uint)v.U16(0x30) << 16 : 0),
             v.U16(0x12),
             v.U16(0x1C) | (is64 ? (uint)v.U16(0x32) << 16 : 0),
-            v.U16(0x1E));
+            v.U16(0x1E),
+            // Bitmap checksums: low halves in every descriptor, high halves once it is 64 bytes.
+            v.U16(0x18) | (d.Length >= 0x3C ? (uint)v.U16(0x38) << 16 : 0),
+            v.U16(0x1A) | (d.Length >= 0x3C ? (uint)v.U16(0x3A) << 16 : 0));
     }
 }
 

@@ -61,6 +61,7 @@ public sealed class Superblock
     public byte[] Uuid { get; private init; } = [];
     public string VolumeName { get; private init; } = "";
     public uint JournalInum { get; private init; }
+    public ushort ReservedGdtBlocks { get; private init; }
     public uint[] HashSeed { get; private init; } = [];
     public byte DefHashVersion { get; private init; }
     public ushort DescSize { get; private init; }
@@ -125,6 +126,7 @@ public sealed class Superblock
             Uuid = b.Slice(0x68, 16).ToArray(),
             VolumeName = System.Text.Encoding.UTF8.GetString(b.Slice(0x78, 16)).TrimEnd('\0'),
             JournalInum = v.U32(0xE0),
+            ReservedGdtBlocks = v.U16(0xCE),
             HashSeed = [v.U32(0xEC), v.U32(0xF0), v.U32(0xF4), v.U32(0xF8)],
             DefHashVersion = b[0xFC],
             DescSize = v.U16(0xFE),
