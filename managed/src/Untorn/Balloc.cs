@@ -29,7 +29,7 @@ internal sealed class BlockBitmaps(IBlockDevice dev, Superblock sb, GroupDescTab
         if (sb.HasMetadataCsum)
         {
             uint want = Checksum(bitmap);
-            uint stored = sb.GroupDescSize >= 0x3C ? gd.BlockBitmapCsum : gd.BlockBitmapCsum & 0xFFFF;
+            uint stored = gd.BlockBitmapCsum;
             if (sb.GroupDescSize < 0x3C) want &= 0xFFFF;
             if (want != stored)
                 throw Ext4Exception.BadChecksum($"block bitmap of group {g} (stored 0x{stored:x8}, computed 0x{want:x8})");

@@ -87,6 +87,7 @@ public sealed partial class Ext4Fs : IDisposable
     internal GroupDesc Group(uint g) => _groups.Get(g);
     internal GroupDescTable Groups => _groups;
     internal BlockBitmaps BlockBitmaps => field ??= new BlockBitmaps(Device, Super, _groups);
+    internal InodeBitmaps InodeBitmaps => field ??= new InodeBitmaps(Device, Super, _groups);
 
     /// <summary>Reads and verifies inode <paramref name="ino"/>.</summary>
     public Inode ReadInode(uint ino)

@@ -8,12 +8,13 @@ namespace Untorn.Tests;
 /// </summary>
 public partial class BallocTests
 {
-    private sealed record DumpGroup(uint Group, bool BlockUninit, List<(ulong First, ulong Last)> Free, uint FreeCount);
+    private sealed record DumpGroup(uint Group, bool BlockUninit, List<(ulong First, ulong Last)> Free, uint FreeCount,
+        List<(ulong First, ulong Last)> FreeInodes, uint FreeInodeCount, bool InodeUninit);
 
     [GeneratedRegex(@"^Group (\d+): \(Blocks (\d+)-(\d+)\)(.*)$")]
     private static partial Regex GroupLine();
 
-    [GeneratedRegex(@"^\s+(\d+) free (?:blocks|clusters),")]
+    [GeneratedRegex(@"^\s+(\d+) free (?:blocks|clusters), (\d+) free inodes")]
     private static partial Regex FreeCountLine();
 
     private static List<DumpGroup> Dumpe2fs(string image)
@@ -26,24 +27,25 @@ public partial class BallocTests
         {
             if (GroupLine().Match(line) is { Success: true } g)
             {
-                current = new DumpGroup(uint.Parse(g.Groups[1].Value), g.Groups[4].Value.Contains("BLOCK_UNINIT"), [], 0);
+                current = new DumpGroup(uint.Parse(g.Groups[1].Value), g.Groups[4].Value.Contains("BLOCK_UNINIT"), [], 0,
+                    [], 0, g.Groups[4].Value.Contains("INODE_UNINIT"));
                 result.Add(current);
             }
             else if (current != null && FreeCountLine().Match(line) is { Success: true } c)
             {
-                result[^1] = current = current with { FreeCount = uint.Parse(c.Groups[1].Value) };
+                result[^1] = current = current with { FreeCount = uint.Parse(c.Groups[1].Value), FreeInodeCount = uint.Parse(c.Groups[2].Value) };
             }
             else if (current != null && line.TrimStart().StartsWith("Free blocks:"))
-            {
-                foreach (var range in line.Split(':', 2)[1].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                {
-                    var parts = range.Split('-');
-                    current.Free.Add((ulong.Parse(parts[0]), ulong.Parse(parts[^1])));
-                }
-            }
+                current.Free.AddRange(Ranges(line));
+            else if (current != null && line.TrimStart().StartsWith("Free inodes:"))
+                current.FreeInodes.AddRange(Ranges(line));
         }
         return result;
     }
+
+    private static IEnumerable<(ulong, ulong)> Ranges(string line) =>
+        line.Split(':', 2)[1].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(r => r.Split('-')).Select(p => (ulong.Parse(p[0]), ulong.Parse(p[^1])));
 
     [Theory]
     [MemberData(nameof(TestImages.ConfigData), MemberType = typeof(TestImages))]
@@ -104,7 +106,24 @@ public partial class BallocTests
                     $"{label} group {d.Group}{(d.BlockUninit ? " (BLOCK_UNINIT)" : "")} cluster {c}: dumpe2fs says {(expected[c] ? "free" : "used")}");
             }
             Assert.Equal(d.FreeCount, (uint)expected.Count(x => x));
+            CompareInodeBitmap(fs, d, label);
         }
         return dump.Count(d => d.BlockUninit);
+    }
+
+    private static void CompareInodeBitmap(Ext4Fs fs, DumpGroup d, string label)
+    {
+        var bitmap = fs.InodeBitmaps.Read(d.Group);
+        uint ipg = fs.Super.InodesPerGroup, firstIno = d.Group * ipg + 1;
+        var expected = new bool[ipg];
+        foreach (var (first, last) in d.FreeInodes)
+            for (ulong ino = first; ino <= last; ino++) expected[ino - firstIno] = true;
+        for (uint i = 0; i < ipg; i++)
+        {
+            bool free = (bitmap[i >> 3] & (1 << (int)(i & 7))) == 0;
+            Assert.True(expected[i] == free,
+                $"{label} group {d.Group}{(d.InodeUninit ? " (INODE_UNINIT)" : "")} inode {firstIno + i}: dumpe2fs says {(expected[i] ? "free" : "used")}");
+        }
+        Assert.Equal(d.FreeInodeCount, (uint)expected.Count(x => x));
     }
 }
