@@ -92,16 +92,21 @@ public sealed partial class Ext4Fs : IDisposable
     /// <summary>Reads and verifies inode <paramref name="ino"/>.</summary>
     public Inode ReadInode(uint ino)
     {
+        var raw = new byte[Super.InodeSize];
+        Device.Read(InodeOffset(ino), raw);
+        return Inode.Parse(ino, raw, Super);
+    }
+
+    /// <summary>Byte offset of inode <paramref name="ino"/> in its group's inode table.</summary>
+    internal long InodeOffset(uint ino)
+    {
         var sb = Super;
         if (ino == 0 || ino > sb.InodesCount) throw Ext4Exception.Corrupted($"inode number {ino} out of range");
         uint group = (ino - 1) / sb.InodesPerGroup, index = (ino - 1) % sb.InodesPerGroup;
         var gd = Group(group);
         if ((gd.Flags & GroupDesc.FlagInodeUninit) != 0 && (sb.HasMetadataCsum || sb.HasGdtCsum))
             throw Ext4Exception.Corrupted($"inode {ino} is in an uninitialized inode table");
-        long offset = (long)gd.InodeTable * sb.BlockSize + (long)index * sb.InodeSize;
-        var raw = new byte[sb.InodeSize];
-        Device.Read(offset, raw);
-        return Inode.Parse(ino, raw, sb);
+        return (long)gd.InodeTable * sb.BlockSize + (long)index * sb.InodeSize;
     }
 
     /// <summary>Reads inode <paramref name="ino"/> as something a directory entry points to: it must be in use.</summary>

@@ -28,6 +28,40 @@ public readonly record struct GroupDesc(
             v.U16(0x18) | (d.Length >= 0x3C ? (uint)v.U16(0x38) << 16 : 0),
             v.U16(0x1A) | (d.Length >= 0x3C ? (uint)v.U16(0x3A) << 16 : 0));
     }
+
+    /// <summary>
+    /// Writes every field this record holds into a raw descriptor (32 or 64+ bytes), leaving the
+    /// bytes it does not model (exclude bitmap, reserved) as they were. Set the checksum afterwards.
+    /// </summary>
+    public void WriteTo(Span<byte> d, bool is64)
+    {
+        static void lo32(Span<byte> d, int off, ulong v) => BinaryPrimitives.WriteUInt32LittleEndian(d[off..], (uint)v);
+        static void lo16(Span<byte> d, int off, uint v) => BinaryPrimitives.WriteUInt16LittleEndian(d[off..], (ushort)v);
+        lo32(d, 0x0, BlockBitmap);
+        lo32(d, 0x4, InodeBitmap);
+        lo32(d, 0x8, InodeTable);
+        lo16(d, 0xC, FreeBlocksCount);
+        lo16(d, 0xE, FreeInodesCount);
+        lo16(d, 0x10, UsedDirsCount);
+        lo16(d, 0x12, Flags);
+        lo16(d, 0x18, BlockBitmapCsum);
+        lo16(d, 0x1A, InodeBitmapCsum);
+        lo16(d, 0x1C, ItableUnused);
+        lo16(d, 0x1E, Checksum);
+        if (!is64) return;
+        lo32(d, 0x20, BlockBitmap >> 32);
+        lo32(d, 0x24, InodeBitmap >> 32);
+        lo32(d, 0x28, InodeTable >> 32);
+        lo16(d, 0x2C, FreeBlocksCount >> 16);
+        lo16(d, 0x2E, FreeInodesCount >> 16);
+        lo16(d, 0x30, UsedDirsCount >> 16);
+        lo16(d, 0x32, ItableUnused >> 16);
+        if (d.Length >= 0x3C)
+        {
+            lo16(d, 0x38, BlockBitmapCsum >> 16);
+            lo16(d, 0x3A, InodeBitmapCsum >> 16);
+        }
+    }
 }
 
 /// <summary>
@@ -70,38 +104,53 @@ internal sealed class GroupDescTable(IBlockDevice dev, Superblock sb)
     {
         ulong block = DescBlockOf(group);
         if (block >= sb.BlocksCount) throw Ext4Exception.Corrupted($"group descriptor block {block} beyond the filesystem");
-        int size = sb.GroupDescSize;
-        var raw = new byte[size];
-        dev.Read((long)block * sb.BlockSize + (group % (uint)DescsPerBlock) * size, raw);
+        var raw = new byte[sb.GroupDescSize];
+        dev.Read(DescOffset(group), raw);
         Verify(group, raw);
         var gd = GroupDesc.Parse(raw, sb.Has64Bit);
         CheckPlacement(group, gd);
         return gd;
     }
 
-    private void Verify(uint group, ReadOnlySpan<byte> raw)
+    /// <summary>bg_checksum: crc32c (metadata_csum, low 16 bits) or crc16 (gdt_csum) over the descriptor without it; null without either feature.</summary>
+    public ushort? ComputeChecksum(uint group, ReadOnlySpan<byte> raw)
     {
-        ushort stored = BinaryPrimitives.ReadUInt16LittleEndian(raw[ChecksumOffset..]);
-        ushort want;
         if (sb.HasMetadataCsum)
         {
             uint crc = Crc.Crc32c(sb.CsumSeed, group);
-            want = (ushort)(Crc.Crc32cSkipping(crc, raw, ChecksumOffset, 2) & 0xFFFF);
+            return (ushort)(Crc.Crc32cSkipping(crc, raw, ChecksumOffset, 2) & 0xFFFF);
         }
-        else if (sb.HasGdtCsum)
-        {
-            Span<byte> g = stackalloc byte[4];
-            BinaryPrimitives.WriteUInt32LittleEndian(g, group);
-            ushort crc = Crc.Crc16(0xFFFF, sb.Uuid);
-            crc = Crc.Crc16(crc, g);
-            crc = Crc.Crc16(crc, raw[..ChecksumOffset]);
-            if (raw.Length > ChecksumOffset + 2) crc = Crc.Crc16(crc, raw[(ChecksumOffset + 2)..]);
-            want = crc;
-        }
-        else return;
+        if (!sb.HasGdtCsum) return null;
+        Span<byte> g = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(g, group);
+        ushort crc16 = Crc.Crc16(0xFFFF, sb.Uuid);
+        crc16 = Crc.Crc16(crc16, g);
+        crc16 = Crc.Crc16(crc16, raw[..ChecksumOffset]);
+        if (raw.Length > ChecksumOffset + 2) crc16 = Crc.Crc16(crc16, raw[(ChecksumOffset + 2)..]);
+        return crc16;
+    }
+
+    /// <summary>Sets bg_checksum of a raw descriptor after an edit.</summary>
+    public void UpdateChecksum(uint group, Span<byte> raw)
+    {
+        if (ComputeChecksum(group, raw) is { } csum)
+            BinaryPrimitives.WriteUInt16LittleEndian(raw[ChecksumOffset..], csum);
+    }
+
+    private void Verify(uint group, ReadOnlySpan<byte> raw)
+    {
+        if (ComputeChecksum(group, raw) is not { } want) return;
+        ushort stored = BinaryPrimitives.ReadUInt16LittleEndian(raw[ChecksumOffset..]);
         if (stored != want)
             throw Ext4Exception.BadChecksum($"group descriptor {group} (stored 0x{stored:x4}, computed 0x{want:x4})");
     }
+
+    /// <summary>Byte offset of group g's descriptor (the primary copy).</summary>
+    public long DescOffset(uint group) =>
+        (long)DescBlockOf(group) * sb.BlockSize + (group % (uint)DescsPerBlock) * sb.GroupDescSize;
+
+    /// <summary>Forgets a cached descriptor after its on-disk bytes changed.</summary>
+    public void Invalidate(uint group) => _cache.TryRemove(group, out _);
 
     // ext4_check_descriptors: bitmaps and inode table inside the filesystem. With flex_bg they may
     // sit in another group, so only the filesystem bounds are checked.

@@ -74,7 +74,7 @@ public sealed class Inode
         uint csumSeed = 0;
         if (sb.HasMetadataCsum)
         {
-            csumSeed = Crc.Crc32c(Crc.Crc32c(sb.CsumSeed, ino), v.U32(0x64));
+            csumSeed = ChecksumSeed(sb, ino, v.U32(0x64));
             VerifyChecksum(ino, raw, extra, csumSeed);
         }
         var rawCopy = raw.ToArray();
@@ -117,11 +117,14 @@ public sealed class Inode
         };
     }
 
-    private static void VerifyChecksum(uint ino, ReadOnlySpan<byte> raw, ushort extra, uint seed)
+    /// <summary>
+    /// i_checksum: crc32c from the inode's seed over the whole on-disk inode with both checksum
+    /// halves skipped; only the low 16 bits are kept when the inode has no room for the high half.
+    /// </summary>
+    public static uint ComputeChecksum(ReadOnlySpan<byte> raw, uint seed)
     {
+        ushort extra = raw.Length > GoodOldSize ? BinaryPrimitives.ReadUInt16LittleEndian(raw[ExtraIsizeOffset..]) : (ushort)0;
         bool hasHi = raw.Length > GoodOldSize && extra >= 4;
-        uint stored = BinaryPrimitives.ReadUInt16LittleEndian(raw[ChecksumLoOffset..]);
-        if (hasHi) stored |= (uint)BinaryPrimitives.ReadUInt16LittleEndian(raw[ChecksumHiOffset..]) << 16;
         uint crc = Crc.Crc32cSkipping(seed, raw[..GoodOldSize], ChecksumLoOffset, 2);
         if (raw.Length > GoodOldSize)
         {
@@ -130,7 +133,29 @@ public sealed class Inode
                 ? Crc.Crc32cSkipping(crc, rest, ChecksumHiOffset - GoodOldSize, 2)
                 : Crc.Crc32c(crc, rest);
         }
-        if (!hasHi) crc &= 0xFFFF;
+        return hasHi ? crc : crc & 0xFFFF;
+    }
+
+    /// <summary>The per-inode checksum seed: crc32c(fs seed, inode number, generation).</summary>
+    public static uint ChecksumSeed(Superblock sb, uint ino, uint generation) =>
+        Crc.Crc32c(Crc.Crc32c(sb.CsumSeed, ino), generation);
+
+    /// <summary>Writes i_checksum_lo (and _hi where it fits) of a raw inode after an edit.</summary>
+    public static void UpdateChecksum(Span<byte> raw, uint ino, Superblock sb)
+    {
+        if (!sb.HasMetadataCsum) return;
+        uint crc = ComputeChecksum(raw, ChecksumSeed(sb, ino, BinaryPrimitives.ReadUInt32LittleEndian(raw[0x64..])));
+        BinaryPrimitives.WriteUInt16LittleEndian(raw[ChecksumLoOffset..], (ushort)crc);
+        if (raw.Length > GoodOldSize && BinaryPrimitives.ReadUInt16LittleEndian(raw[ExtraIsizeOffset..]) >= 4)
+            BinaryPrimitives.WriteUInt16LittleEndian(raw[ChecksumHiOffset..], (ushort)(crc >> 16));
+    }
+
+    private static void VerifyChecksum(uint ino, ReadOnlySpan<byte> raw, ushort extra, uint seed)
+    {
+        bool hasHi = raw.Length > GoodOldSize && extra >= 4;
+        uint stored = BinaryPrimitives.ReadUInt16LittleEndian(raw[ChecksumLoOffset..]);
+        if (hasHi) stored |= (uint)BinaryPrimitives.ReadUInt16LittleEndian(raw[ChecksumHiOffset..]) << 16;
+        uint crc = ComputeChecksum(raw, seed);
         if (crc != stored)
         {
             // An inode never written (all zero) has no checksum; only a used one is corrupt.

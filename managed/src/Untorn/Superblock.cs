@@ -143,6 +143,13 @@ public sealed class Superblock
         return sb;
     }
 
+    /// <summary>Sets s_checksum of a raw 1 KiB superblock whose metadata_csum bit is set (after any edit).</summary>
+    public static void UpdateChecksum(Span<byte> raw)
+    {
+        if ((BinaryPrimitives.ReadUInt32LittleEndian(raw[0x64..]) & Features.RoCompatMetadataCsum) == 0) return;
+        BinaryPrimitives.WriteUInt32LittleEndian(raw[ChecksumOffset..], Crc.Crc32c(~0u, raw[..ChecksumOffset]));
+    }
+
     // The same geometry checks the kernel makes in ext4_fill_super, each failure a clear EINVAL/EUCLEAN.
     private void Validate(ReadOnlySpan<byte> raw)
     {
