@@ -1,0 +1,135 @@
+namespace Untorn;
+
+/// <summary>How a closed transaction's metadata blocks reach the disk as one unit.</summary>
+internal interface ICommitWriter
+{
+    /// <summary>
+    /// Makes <paramref name="blocks"/> durable together (for jbd2: log, flush, commit record,
+    /// flush) and then writes them to their home locations. File data written before the call
+    /// must reach the device first (ordered mode): implementations flush before committing.
+    /// </summary>
+    void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks);
+
+    /// <summary>False for a filesystem without a journal: a crash may leave a metadata operation half done.</summary>
+    bool IsCrashSafe { get; }
+}
+
+/// <summary>
+/// No journal (mke2fs -O ^has_journal): flush the data, write the metadata home, flush. The order
+/// keeps data ahead of the metadata that points at it, but a crash during the home writes can
+/// leave an operation half done; e2fsck repairs that, as it does for the kernel's nojournal mode.
+/// </summary>
+internal sealed class InPlaceCommitWriter(IBlockDevice device, int blockSize) : ICommitWriter
+{
+    public bool IsCrashSafe => false;
+
+    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks)
+    {
+        device.Flush();
+        foreach (var (block, data) in blocks.OrderBy(b => b.Key))
+            device.Write((long)block * blockSize, data);
+        device.Flush();
+    }
+}
+
+/// <summary>
+/// Metadata transactions in jbd2's shape: operations run as handles that join the one running
+/// transaction; a commit closes it, hands its blocks to the commit writer (journal or in place)
+/// and then lets the buffer cache drop the blocks that are now home. Handles run one at a time
+/// (a metadata operation sees and leaves a consistent filesystem); readers never wait.
+/// </summary>
+internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer)
+{
+    private readonly Lock _lock = new();
+    private readonly BufferCache _cache = cache;
+    private Dictionary<ulong, byte[]> _running = new();
+    private ulong _tid = 1;
+
+    public bool IsCrashSafe => writer.IsCrashSafe;
+
+    /// <summary>Blocks changed by the running transaction (not yet committed).</summary>
+    public int RunningBlocks
+    {
+        get { lock (_lock) return _running.Count; }
+    }
+
+    /// <summary>Starts a metadata operation; dispose without <see cref="Handle.Complete"/> to undo it.</summary>
+    public Handle Start()
+    {
+        _lock.Enter();
+        return new Handle(this);
+    }
+
+    /// <summary>Commits the running transaction (fsync, sync, close, the commit timer).</summary>
+    public void Commit()
+    {
+        lock (_lock)
+        {
+            if (_running.Count == 0) return;
+            var blocks = _running.ToList();
+            _cache.BeginHomeWrites();
+            try { writer.Commit(_tid++, blocks); }
+            finally { _cache.EndHomeWrites(); }
+            _running = new Dictionary<ulong, byte[]>();
+            foreach (var (block, data) in blocks) _cache.Release(block, data);
+        }
+    }
+
+    /// <summary>One metadata operation. Changes are visible at once; an aborted handle restores what it changed.</summary>
+    internal sealed class Handle : IDisposable
+    {
+        private readonly TransactionManager _tm;
+        private readonly Dictionary<ulong, (byte[]? Cached, bool WasRunning, byte[]? Running)> _undo = new();
+        private readonly List<Action> _onAbort = new();
+        private bool _done;
+
+        internal Handle(TransactionManager tm) => _tm = tm;
+
+        /// <summary>
+        /// A private copy of the block's current bytes to modify; <see cref="Dirty"/> publishes it.
+        /// </summary>
+        public byte[] GetWriteAccess(ulong block) => _tm._cache.Snapshot(block);
+
+        /// <summary>Publishes the new bytes of a block and adds it to the running transaction.</summary>
+        public void Dirty(ulong block, byte[] data)
+        {
+            ObjectDisposedException.ThrowIf(_done, this);
+            if (!_undo.ContainsKey(block))
+            {
+                bool wasRunning = _tm._running.TryGetValue(block, out var running);
+                _undo[block] = (_tm._cache.TryGetCached(block), wasRunning, running);
+            }
+            _tm._cache.Publish(block, data);
+            _tm._running[block] = data;
+        }
+
+        /// <summary>Undo work outside the block cache (in-memory caches of parsed structures) on abort.</summary>
+        public void OnAbort(Action undo) => _onAbort.Add(undo);
+
+        /// <summary>The operation succeeded: keep its changes in the running transaction.</summary>
+        public void Complete()
+        {
+            ObjectDisposedException.ThrowIf(_done, this);
+            _done = true;
+            _tm._lock.Exit();
+        }
+
+        public void Dispose()
+        {
+            if (_done) return;
+            _done = true;
+            try
+            {
+                foreach (var (block, (cached, wasRunning, running)) in _undo)
+                {
+                    if (cached != null) _tm._cache.Publish(block, cached);
+                    else _tm._cache.Forget(block);
+                    if (wasRunning) _tm._running[block] = running!;
+                    else _tm._running.Remove(block);
+                }
+                for (int i = _onAbort.Count - 1; i >= 0; i--) _onAbort[i]();
+            }
+            finally { _tm._lock.Exit(); }
+        }
+    }
+}
