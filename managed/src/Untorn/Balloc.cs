@@ -37,6 +37,38 @@ internal sealed class BlockBitmaps(IBlockDevice dev, Superblock sb, GroupDescTab
         return bitmap;
     }
 
+    /// <summary>
+    /// The bitmap side of ext4_mb_mark_diskspace_used / ext4_free_blocks: clusters
+    /// [first, first + count) of group g become used (or free) inside a handle. A BLOCK_UNINIT
+    /// group gets its implied bitmap written first. Allocating a used cluster or freeing a free one
+    /// is corruption (EUCLEAN), as the kernel reports it, and changes nothing.
+    /// </summary>
+    public void Mark(TransactionManager.Handle h, uint g, uint first, uint count, bool used)
+    {
+        if (count == 0) return;
+        if (first + (ulong)count > ClustersInGroup(g))
+            throw new ArgumentOutOfRangeException(nameof(count), $"clusters {first}+{count} beyond group {g}");
+        var gd = groups.Get(g);
+        var bitmap = Read(g);
+        var bits = new BitSpan(bitmap);
+        for (uint c = first; c < first + count; c++)
+            if (bits.Get(c) == used)
+                throw Ext4Exception.Corrupted($"group {g} cluster {c} is already {(used ? "in use" : "free")}");
+        for (uint c = first; c < first + count; c++)
+        {
+            if (used) bits.Set(c);
+            else bits.Clear(c);
+        }
+        h.Dirty(gd.BlockBitmap, bitmap);
+        uint csum = sb.HasMetadataCsum ? Checksum(bitmap) : gd.BlockBitmapCsum;
+        groups.Update(h, g, d => d with
+        {
+            FreeBlocksCount = used ? d.FreeBlocksCount - count : d.FreeBlocksCount + count,
+            Flags = (ushort)(d.Flags & ~GroupDesc.FlagBlockUninit),
+            BlockBitmapCsum = csum,
+        });
+    }
+
     /// <summary>bg_block_bitmap_csum: crc32c over the bitmap's ClustersPerGroup bits only.</summary>
     public uint Checksum(ReadOnlySpan<byte> bitmap) =>
         Crc.Crc32c(sb.CsumSeed, bitmap[..(int)(sb.ClustersPerGroup / 8)]);

@@ -20,15 +20,18 @@ public sealed partial class Ext4Fs : IDisposable
 
     private Ext4Fs(IBlockDevice device, Superblock sb, bool readOnly)
     {
-        Device = device;
+        Cache = new BufferCache(device, sb.BlockSize);
+        Device = Cache;
         Super = sb;
         ReadOnly = readOnly;
-        _groups = new GroupDescTable(device, sb);
+        _groups = new GroupDescTable(Cache, sb);
         Files = new OpenFileTable();
     }
 
     public Superblock Super { get; }
+    /// <summary>The image as the engine sees it: uncommitted metadata overlaid on the backing device.</summary>
     public IBlockDevice Device { get; }
+    internal BufferCache Cache { get; }
     public bool ReadOnly { get; }
     internal OpenFileTable Files { get; }
 

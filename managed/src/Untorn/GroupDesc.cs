@@ -149,6 +149,26 @@ internal sealed class GroupDescTable(IBlockDevice dev, Superblock sb)
     public long DescOffset(uint group) =>
         (long)DescBlockOf(group) * sb.BlockSize + (group % (uint)DescsPerBlock) * sb.GroupDescSize;
 
+    /// <summary>
+    /// Changes group g's descriptor inside a metadata handle: the descriptor block is rewritten with
+    /// a fresh checksum and the parsed copy kept in step (and dropped again if the handle aborts).
+    /// </summary>
+    public GroupDesc Update(TransactionManager.Handle h, uint group, Func<GroupDesc, GroupDesc> change)
+    {
+        var updated = change(Get(group));
+        long off = DescOffset(group);
+        ulong block = (ulong)(off / sb.BlockSize);
+        var data = h.GetWriteAccess(block);
+        var raw = data.AsSpan((int)(off % sb.BlockSize), sb.GroupDescSize);
+        updated.WriteTo(raw, sb.Has64Bit);
+        UpdateChecksum(group, raw);
+        h.Dirty(block, data);
+        var parsed = GroupDesc.Parse(raw, sb.Has64Bit);
+        _cache[group] = parsed;
+        h.OnAbort(() => _cache.TryRemove(group, out _));
+        return parsed;
+    }
+
     /// <summary>Forgets a cached descriptor after its on-disk bytes changed.</summary>
     public void Invalidate(uint group) => _cache.TryRemove(group, out _);
 

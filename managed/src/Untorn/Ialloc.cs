@@ -28,6 +28,37 @@ internal sealed class InodeBitmaps(IBlockDevice dev, Superblock sb, GroupDescTab
         return bitmap;
     }
 
+    /// <summary>
+    /// The bitmap side of __ext4_new_inode / ext4_free_inode inside a handle: the inode's bit, the
+    /// group's free inode and directory counts, INODE_UNINIT cleared, and bg_itable_unused kept
+    /// below every inode in use (e2fsck and the kernel skip the table's tail past it).
+    /// </summary>
+    public void Mark(TransactionManager.Handle h, uint ino, bool used, bool isDir)
+    {
+        if (ino == 0 || ino > sb.InodesCount) throw Ext4Exception.Corrupted($"inode number {ino} out of range");
+        uint g = (ino - 1) / sb.InodesPerGroup, index = (ino - 1) % sb.InodesPerGroup;
+        var gd = groups.Get(g);
+        var bitmap = Read(g);
+        var bits = new BitSpan(bitmap);
+        if (bits.Get(index) == used)
+            throw Ext4Exception.Corrupted($"inode {ino} is already {(used ? "in use" : "free")}");
+        if (used) bits.Set(index);
+        else bits.Clear(index);
+        h.Dirty(gd.InodeBitmap, bitmap);
+        uint csum = sb.HasMetadataCsum ? Checksum(bitmap) : gd.InodeBitmapCsum;
+        bool tracksUnused = sb.HasMetadataCsum || sb.HasGdtCsum;
+        groups.Update(h, g, d => d with
+        {
+            FreeInodesCount = used ? d.FreeInodesCount - 1 : d.FreeInodesCount + 1,
+            UsedDirsCount = !isDir ? d.UsedDirsCount : used ? d.UsedDirsCount + 1 : d.UsedDirsCount - 1,
+            Flags = (ushort)(d.Flags & ~GroupDesc.FlagInodeUninit),
+            ItableUnused = used && tracksUnused && index >= sb.InodesPerGroup - d.ItableUnused
+                ? sb.InodesPerGroup - index - 1
+                : d.ItableUnused,
+            InodeBitmapCsum = csum,
+        });
+    }
+
     /// <summary>bg_inode_bitmap_csum: crc32c over InodesPerGroup bits.</summary>
     public uint Checksum(ReadOnlySpan<byte> bitmap) =>
         Crc.Crc32c(sb.CsumSeed, bitmap[..(int)(sb.InodesPerGroup / 8)]);

@@ -143,6 +143,26 @@ public sealed class Superblock
         return sb;
     }
 
+    /// <summary>
+    /// Adds to the free block and free inode counts of the primary superblock inside a handle
+    /// (the kernel keeps them in per-cpu counters and writes them with the superblock).
+    /// </summary>
+    internal static void AddFreeCounts(TransactionManager.Handle h, int blockSize, long blocks, long inodes)
+    {
+        ulong block = (ulong)(Offset / blockSize);
+        var data = h.GetWriteAccess(block);
+        var raw = data.AsSpan(Offset % blockSize, Size);
+        bool is64 = (BinaryPrimitives.ReadUInt32LittleEndian(raw[0x60..]) & Features.Incompat64Bit) != 0;
+        ulong free = BinaryPrimitives.ReadUInt32LittleEndian(raw[0xC..]) | (is64 ? (ulong)BinaryPrimitives.ReadUInt32LittleEndian(raw[0x158..]) << 32 : 0);
+        free = (ulong)((long)free + blocks);
+        BinaryPrimitives.WriteUInt32LittleEndian(raw[0xC..], (uint)free);
+        if (is64) BinaryPrimitives.WriteUInt32LittleEndian(raw[0x158..], (uint)(free >> 32));
+        uint freeInodes = (uint)(BinaryPrimitives.ReadUInt32LittleEndian(raw[0x10..]) + inodes);
+        BinaryPrimitives.WriteUInt32LittleEndian(raw[0x10..], freeInodes);
+        UpdateChecksum(raw);
+        h.Dirty(block, data);
+    }
+
     /// <summary>Sets s_checksum of a raw 1 KiB superblock whose metadata_csum bit is set (after any edit).</summary>
     public static void UpdateChecksum(Span<byte> raw)
     {
