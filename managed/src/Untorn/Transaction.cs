@@ -103,6 +103,22 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
             _tm._running[block] = data;
         }
 
+        /// <summary>
+        /// A metadata block was freed: drop its pending bytes (it may next hold file data, which must
+        /// not be overwritten by a later commit or checkpoint). A journal also records a revoke here.
+        /// </summary>
+        public void Forget(ulong block)
+        {
+            ObjectDisposedException.ThrowIf(_done, this);
+            if (!_undo.ContainsKey(block))
+            {
+                bool wasRunning = _tm._running.TryGetValue(block, out var running);
+                _undo[block] = (_tm._cache.TryGetCached(block), wasRunning, running);
+            }
+            _tm._cache.Forget(block);
+            _tm._running.Remove(block);
+        }
+
         /// <summary>Undo work outside the block cache (in-memory caches of parsed structures) on abort.</summary>
         public void OnAbort(Action undo) => _onAbort.Add(undo);
 

@@ -1,0 +1,111 @@
+using System.Buffers.Binary;
+
+namespace Untorn;
+
+/// <summary>
+/// A mutable copy of one on-disk inode for the length of a metadata operation (the kernel's
+/// ext4_iloc + ext4_do_update_inode): typed field access over the raw bytes, so the fields
+/// untorn does not model survive untouched, and <see cref="Save"/> writes it back with its checksum.
+/// </summary>
+internal sealed class InodeBuffer
+{
+    private readonly Superblock _sb;
+
+    private InodeBuffer(uint ino, byte[] raw, Superblock sb)
+    {
+        Number = ino;
+        Raw = raw;
+        _sb = sb;
+    }
+
+    public uint Number { get; }
+    public byte[] Raw { get; }
+
+    /// <summary>Reads (through the buffer cache) and verifies inode <paramref name="ino"/>.</summary>
+    public static InodeBuffer Load(Ext4Fs fs, uint ino)
+    {
+        var raw = new byte[fs.Super.InodeSize];
+        fs.Device.Read(fs.InodeOffset(ino), raw);
+        Inode.Parse(ino, raw, fs.Super); // validates size fields and the checksum
+        return new InodeBuffer(ino, raw, fs.Super);
+    }
+
+    /// <summary>Writes the inode into its inode-table block inside the handle, checksum updated.</summary>
+    public void Save(TransactionManager.Handle h, Ext4Fs fs)
+    {
+        long off = fs.InodeOffset(Number);
+        ulong block = (ulong)(off / _sb.BlockSize);
+        var data = h.GetWriteAccess(block);
+        var slot = data.AsSpan((int)(off % _sb.BlockSize), _sb.InodeSize);
+        Raw.CopyTo(slot);
+        Inode.UpdateChecksum(slot, Number, _sb);
+        slot.CopyTo(Raw);
+        h.Dirty(block, data);
+    }
+
+    /// <summary>The parsed, read-only view of the current bytes.</summary>
+    public Inode Parsed => Inode.Parse(Number, Raw, _sb);
+
+    public Span<byte> BlockArray => Raw.AsSpan(Inode.BlockArrayOffset, Inode.BlockArraySize);
+
+    public ushort Mode
+    {
+        get => BinaryPrimitives.ReadUInt16LittleEndian(Raw);
+        set => BinaryPrimitives.WriteUInt16LittleEndian(Raw, value);
+    }
+
+    public ushort LinksCount
+    {
+        get => BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x1A));
+        set => BinaryPrimitives.WriteUInt16LittleEndian(Raw.AsSpan(0x1A), value);
+    }
+
+    public uint Flags
+    {
+        get => BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x20));
+        set => BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(0x20), value);
+    }
+
+    public uint Generation => BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x64));
+
+    /// <summary>The per-inode seed of extent-block and directory-block checksums.</summary>
+    public uint CsumSeed => _sb.HasMetadataCsum ? Inode.ChecksumSeed(_sb, Number, Generation) : 0;
+
+    public ulong Size
+    {
+        get => BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x4)) | (ulong)BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x6C)) << 32;
+        set
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(0x4), (uint)value);
+            BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(0x6C), (uint)(value >> 32));
+        }
+    }
+
+    /// <summary>
+    /// i_blocks in 512-byte sectors. Values past 32 bits need huge_file (the high 16 bits at 0x74);
+    /// past 48 bits the HUGE_FILE flag switches the unit to filesystem blocks.
+    /// </summary>
+    public ulong Sectors
+    {
+        get
+        {
+            ulong raw = BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x1C));
+            if (_sb.HasHugeFile) raw |= (ulong)BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x74)) << 32;
+            return (Flags & InodeFlags.HugeFile) != 0 && _sb.HasHugeFile ? raw * (ulong)(_sb.BlockSize / 512) : raw;
+        }
+        set
+        {
+            ulong raw = value;
+            uint flags = Flags & ~InodeFlags.HugeFile;
+            if (raw > uint.MaxValue && !_sb.HasHugeFile) throw new Ext4Exception(Errno.EFBIG, $"inode {Number}: i_blocks overflow without huge_file");
+            if (raw >= 1UL << 48)
+            {
+                raw = value / (ulong)(_sb.BlockSize / 512);
+                flags |= InodeFlags.HugeFile;
+            }
+            Flags = flags;
+            BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(0x1C), (uint)raw);
+            if (_sb.HasHugeFile) BinaryPrimitives.WriteUInt16LittleEndian(Raw.AsSpan(0x74), (ushort)(raw >> 32));
+        }
+    }
+}
