@@ -86,7 +86,9 @@ internal static class Getattr
             Mode = inode.Mode,
             Ino = inode.Number,
             Size = inode.Size,
-            Blocks = inode.Sectors,
+            // ext4_file_getattr (regular files only): inline data occupies no block, but reports its size in sectors so
+            // tools (tar, rsync) do not take the file for entirely sparse.
+            Blocks = inode.Sectors + (inode.IsRegular && inode.HasInlineData ? (inode.Size + 511) >> 9 : 0),
             Atime = inode.Atime,
             Btime = btime,
             Ctime = inode.Ctime,
