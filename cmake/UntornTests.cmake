@@ -11,7 +11,7 @@ set_tests_properties(fixture.test_images PROPERTIES
 # The managed engine's own suite, on the same images.
 add_test(NAME xunit
   COMMAND "${DOTNET_EXECUTABLE}" test --project "${UNTORN_MANAGED_DIR}/tests/Untorn.Tests/Untorn.Tests.csproj"
-          -c ${UNTORN_DOTNET_CONFIG} --nologo)
+          -c ${UNTORN_DOTNET_CONFIG})
 set_tests_properties(xunit PROPERTIES
   FIXTURES_REQUIRED test_images
   ENVIRONMENT "UNTORN_TEST_IMAGES=${UNTORN_TEST_IMAGES_DIR}"
