@@ -26,15 +26,16 @@ internal sealed class BlockBitmaps(IBlockDevice dev, Superblock sb, GroupDescTab
             return InitUninit(g, gd);
         var bitmap = new byte[sb.BlockSize];
         dev.Read((long)gd.BlockBitmap * sb.BlockSize, bitmap);
-        if (sb.HasMetadataCsum)
-        {
-            uint want = Checksum(bitmap);
-            uint stored = gd.BlockBitmapCsum;
-            if (sb.GroupDescSize < 0x3C) want &= 0xFFFF;
-            if (want != stored)
-                throw Ext4Exception.BadChecksum($"block bitmap of group {g} (stored 0x{stored:x8}, computed 0x{want:x8})");
-        }
+        if (sb.HasMetadataCsum) VerifyChecksum(sb, Checksum(bitmap), gd.BlockBitmapCsum, $"block bitmap of group {g}");
         return bitmap;
+    }
+
+    /// <summary>A bitmap checksum check: 32 bits in 64-byte descriptors, the low 16 in 32-byte ones.</summary>
+    internal static void VerifyChecksum(Superblock sb, uint computed, uint stored, string what)
+    {
+        if (sb.GroupDescSize < 0x3C) computed &= 0xFFFF;
+        if (computed != stored)
+            throw Ext4Exception.BadChecksum($"{what} (stored 0x{stored:x8}, computed 0x{computed:x8})");
     }
 
     /// <summary>

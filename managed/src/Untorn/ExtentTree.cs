@@ -100,28 +100,33 @@ internal sealed class ExtentTree(Ext4Fs fs, TransactionManager.Handle h, InodeBu
     public List<Extent> Remove(uint first, ulong length)
     {
         var removed = new List<Extent>();
-        ulong end = first + length, cur = first;
-        while (cur < end && NextAtOrAfter((uint)Math.Min(cur, uint.MaxValue)) is { } hit)
+        Rewrite(first, length, (e, a, b) =>
         {
-            var (path, i) = hit;
-            var leaf = path[^1].Node;
-            var e = leaf.Entries[i];
-            if (e.First >= end) break;
-            ulong a = Math.Max(cur, e.First), b = Math.Min(end, e.End);
             removed.Add(new Extent((uint)a, (uint)(b - a), e.Physical + (a - e.First), e.Unwritten));
             var pieces = new List<Entry>();
             if (a > e.First) pieces.Add(e with { RawLength = Raw((uint)(a - e.First), e.Unwritten) });
             if (b < e.End) pieces.Add(new Entry((uint)b, e.Physical + (b - e.First), Raw((uint)(e.End - b), e.Unwritten)));
-            leaf.Entries.RemoveAt(i);
-            leaf.Entries.InsertRange(i, pieces);
-            WriteNode(path, path.Count - 1);
-            cur = b;
-        }
+            return pieces;
+        });
         return removed;
     }
 
     /// <summary>Turns the unwritten parts of [first, first+length) into written extents (after their data landed).</summary>
-    public void MarkWritten(uint first, ulong length)
+    public void MarkWritten(uint first, ulong length) =>
+        Rewrite(first, length, (e, a, b) =>
+        {
+            if (!e.Unwritten) return null;
+            var pieces = new List<Entry>();
+            if (a > e.First) pieces.Add(e with { RawLength = Raw((uint)(a - e.First), true) });
+            pieces.Add(new Entry((uint)a, e.Physical + (a - e.First), Raw((uint)(b - a), false)));
+            if (b < e.End) pieces.Add(new Entry((uint)b, e.Physical + (b - e.First), Raw((uint)(e.End - b), true)));
+            return pieces;
+        });
+
+    // Visits the extents overlapping [first, first+length) in order; `change` gets one with the
+    // overlap [a, b) and returns its replacement entries (null: keep it). Each change is written
+    // (and the path re-walked) before the next, since a split may move entries between nodes.
+    private void Rewrite(uint first, ulong length, Func<Entry, ulong, ulong, List<Entry>?> change)
     {
         ulong end = first + length, cur = first;
         while (cur < end && NextAtOrAfter((uint)Math.Min(cur, uint.MaxValue)) is { } hit)
@@ -132,11 +137,7 @@ internal sealed class ExtentTree(Ext4Fs fs, TransactionManager.Handle h, InodeBu
             if (e.First >= end) break;
             ulong a = Math.Max(cur, e.First), b = Math.Min(end, e.End);
             cur = b;
-            if (!e.Unwritten) continue;
-            var pieces = new List<Entry>();
-            if (a > e.First) pieces.Add(e with { RawLength = Raw((uint)(a - e.First), true) });
-            pieces.Add(new Entry((uint)a, e.Physical + (a - e.First), Raw((uint)(b - a), false)));
-            if (b < e.End) pieces.Add(new Entry((uint)b, e.Physical + (b - e.First), Raw((uint)(e.End - b), true)));
+            if (change(e, a, b) is not { } pieces) continue;
             leaf.Entries.RemoveAt(i);
             leaf.Entries.InsertRange(i, pieces);
             MergeAdjacent(leaf.Entries);

@@ -17,14 +17,7 @@ internal sealed class InodeBitmaps(IBlockDevice dev, Superblock sb, GroupDescTab
             return bitmap;
         }
         dev.Read((long)gd.InodeBitmap * sb.BlockSize, bitmap);
-        if (sb.HasMetadataCsum)
-        {
-            uint want = Checksum(bitmap);
-            uint stored = gd.InodeBitmapCsum;
-            if (sb.GroupDescSize < 0x3C) want &= 0xFFFF;
-            if (want != stored)
-                throw Ext4Exception.BadChecksum($"inode bitmap of group {g} (stored 0x{stored:x8}, computed 0x{want:x8})");
-        }
+        if (sb.HasMetadataCsum) BlockBitmaps.VerifyChecksum(sb, Checksum(bitmap), gd.InodeBitmapCsum, $"inode bitmap of group {g}");
         return bitmap;
     }
 
