@@ -5,6 +5,12 @@ public sealed record OpenOptions
 {
     /// <summary>Open read-only: nothing is ever written to the image.</summary>
     public bool ReadOnly { get; init; }
+
+    /// <summary>
+    /// With ReadOnly, do not replay a journal that needs recovery: reads see the image as it is on
+    /// disk (possibly older than what was committed), and <see cref="Ext4Fs.JournalNotReplayed"/> says so.
+    /// </summary>
+    public bool NoReplay { get; init; }
 }
 
 /// <summary>
@@ -72,12 +78,51 @@ public sealed partial class Ext4Fs : IDisposable
             uint unknownRo = sb.FeatureRoCompat & ~Features.RoCompatKnown;
             if (unknownRo != 0 || (sb.FeatureRoCompat & Features.RoCompatReadonly) != 0)
                 throw new Ext4Exception(Errno.EROFS, $"RO_COMPAT features 0x{unknownRo | (sb.FeatureRoCompat & Features.RoCompatReadonly):x} allow read-only access only");
-            if (sb.NeedsRecovery)
-                throw new Ext4Exception(Errno.EOPNOTSUPP, "the journal needs recovery, which this version cannot replay yet; open read-only");
         }
-        var fs = new Ext4Fs(device, sb, readOnly);
+        bool notReplayed = false;
+        int replayed = 0;
+        if (sb.NeedsRecovery)
+        {
+            if (readOnly && options.NoReplay) notReplayed = true;
+            else (device, sb, replayed) = Recover(device, sb, readOnly);
+        }
+        var fs = new Ext4Fs(device, sb, readOnly) { JournalNotReplayed = notReplayed, ReplayedTransactions = replayed };
         fs.ReadInode(RootIno); // a filesystem whose root cannot be read is not worth handing out
         return fs;
+    }
+
+    /// <summary>The image needed journal recovery and was opened read-only with NoReplay: reads show the unreplayed state.</summary>
+    public bool JournalNotReplayed { get; private init; }
+
+    /// <summary>How many committed transactions recovery replayed at open.</summary>
+    public int ReplayedTransactions { get; private init; }
+
+    // Replays the journal as the kernel does at mount: into the image when writable; for a
+    // read-only open into an overlay, so reads see the recovered filesystem and the image is untouched.
+    private static (IBlockDevice, Superblock, int) Recover(IBlockDevice device, Superblock sb, bool readOnly)
+    {
+        var probe = new Ext4Fs(device, sb, readOnly: true); // only maps the journal inode; never disposed (it would close the device)
+        var journal = Jbd2Journal.Open(probe);
+        var plan = Jbd2Recovery.Scan(device, journal);
+        if (!readOnly)
+            Jbd2Recovery.Apply(device, journal, plan);
+        else
+        {
+            var overlay = new BufferCache(device, sb.BlockSize);
+            foreach (var (home, data) in plan.Writes)
+                if (home < sb.BlocksCount) overlay.Publish(home, data);
+            ulong sbBlock = (ulong)(Superblock.Offset / sb.BlockSize);
+            var block = overlay.Snapshot(sbBlock);
+            var raw = block.AsSpan(Superblock.Offset % sb.BlockSize, Superblock.Size);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(raw[0x60..],
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(raw[0x60..]) & ~Features.IncompatRecover);
+            Superblock.UpdateChecksum(raw);
+            overlay.Publish(sbBlock, block);
+            device = overlay;
+        }
+        var fresh = new byte[Superblock.Size];
+        device.Read(Superblock.Offset, fresh);
+        return (device, Superblock.Parse(fresh), plan.Transactions);
     }
 
     public void Dispose()
