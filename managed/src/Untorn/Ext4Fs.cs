@@ -128,8 +128,12 @@ public sealed partial class Ext4Fs : IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        Files.CloseAll();
-        Device.Dispose();
+        try { _write?.Dispose(); }
+        finally
+        {
+            Files.CloseAll();
+            Device.Dispose();
+        }
     }
 
     internal GroupDesc Group(uint g) => _groups.Get(g);

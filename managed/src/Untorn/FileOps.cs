@@ -74,8 +74,11 @@ public sealed partial class Ext4Fs
         if (buffer.IsEmpty) return 0;
         CheckDirect(f, offset, buffer.Length, bufferAddress);
         if (buffer.Length > MaxRwCount) buffer = buffer[..(int)MaxRwCount];
-        return ReadData(f.Inode, buffer, offset);
+        return ReadData(Current(f), buffer, offset);
     }
+
+    // A writable image's files change under their descriptors: read the inode as it is now.
+    private Inode Current(OpenFile f) => ReadOnly ? f.Inode : ReadInode(f.Inode.Number);
 
     /// <summary>preadv2(2): offset -1 uses and advances the file position.</summary>
     public long Preadv2(int fd, ReadOnlySpan<IoSegment> iov, long offset, int flags)
@@ -92,11 +95,12 @@ public sealed partial class Ext4Fs
         {
             long pos = usePosition ? f.Position : offset;
             long done = 0;
+            var inode = Current(f);
             foreach (var s in iov)
             {
                 if (s.Buffer.IsEmpty) continue;
                 CheckDirect(f, pos + done, s.Buffer.Length, s.Address);
-                int n = ReadData(f.Inode, s.Buffer.Span, pos + done);
+                int n = ReadData(inode, s.Buffer.Span, pos + done);
                 done += n;
                 if (n < s.Buffer.Length || done >= MaxRwCount) break;
             }

@@ -43,8 +43,16 @@ internal sealed class InodeBuffer
         h.Dirty(block, data);
     }
 
-    /// <summary>The parsed, read-only view of the current bytes.</summary>
-    public Inode Parsed => Inode.Parse(Number, Raw, _sb);
+    /// <summary>The parsed, read-only view of the current (possibly not yet saved) bytes.</summary>
+    public Inode Parsed
+    {
+        get
+        {
+            var copy = Raw.ToArray();
+            Inode.UpdateChecksum(copy, Number, _sb);
+            return Inode.Parse(Number, copy, _sb);
+        }
+    }
 
     public Span<byte> BlockArray => Raw.AsSpan(Inode.BlockArrayOffset, Inode.BlockArraySize);
 
@@ -64,6 +72,20 @@ internal sealed class InodeBuffer
     {
         get => BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x20));
         set => BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(0x20), value);
+    }
+
+    /// <summary>
+    /// Sets a timestamp: seconds at <paramref name="secondsOffset"/>, and where the inode has room
+    /// for it, the extra field (nanoseconds &lt;&lt; 2 | epoch bits) at <paramref name="extraOffset"/>.
+    /// </summary>
+    public void SetTime(int secondsOffset, int extraOffset, DateTimeOffset t)
+    {
+        long sec = t.ToUnixTimeSeconds();
+        uint nsec = (uint)(t.UtcTicks % TimeSpan.TicksPerSecond) * 100;
+        BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(secondsOffset), (uint)sec);
+        ushort extra = Raw.Length > Inode.GoodOldSize ? BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x80)) : (ushort)0;
+        if (Raw.Length > Inode.GoodOldSize && Inode.GoodOldSize + extra >= extraOffset + 4)
+            BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(extraOffset), nsec << 2 | (uint)((sec - (int)sec) >> 32) & 3);
     }
 
     public uint Generation => BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x64));

@@ -102,6 +102,9 @@ internal sealed class Mballoc(IGroupBitmapSource source, ulong clusterBytes)
     /// <summary>Free, absolutely aligned 2^k chunks in the loaded groups (the buddy's per-order counts).</summary>
     public long FreeChunks(int order) => _groups.Values.Sum(b => { lock (b) return b.FreeChunks(order); });
 
+    /// <summary>Builds the buddy of the group holding <paramref name="cluster"/> from its current bitmap, if not yet built.</summary>
+    public void EnsureLoaded(ulong cluster) => GroupOf(cluster);
+
     internal GroupBuddy Buddy(uint g) => _groups.GetOrAdd(g, g =>
         new GroupBuddy(source.GroupStart(g), source.ClustersInGroup(g), source.LoadBitmap(g)));
 

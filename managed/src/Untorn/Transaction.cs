@@ -43,6 +43,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
     private readonly Lock _lock = new();
     private readonly BufferCache _cache = cache;
     private Dictionary<ulong, byte[]> _running = new();
+    private List<Action> _afterCommit = new();
     private ulong _tid = 1;
 
     public bool IsCrashSafe => writer.IsCrashSafe;
@@ -65,13 +66,21 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
     {
         lock (_lock)
         {
-            if (_running.Count == 0) return;
+            if (_running.Count == 0)
+            {
+                foreach (var a in _afterCommit) a();
+                _afterCommit.Clear();
+                return;
+            }
             var blocks = _running.ToList();
             _cache.BeginHomeWrites();
             try { writer.Commit(_tid++, blocks); }
             finally { _cache.EndHomeWrites(); }
             _running = new Dictionary<ulong, byte[]>();
             foreach (var (block, data) in blocks) _cache.Release(block, data);
+            var after = _afterCommit;
+            _afterCommit = new List<Action>();
+            foreach (var a in after) a();
         }
     }
 
@@ -81,6 +90,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
         private readonly TransactionManager _tm;
         private readonly Dictionary<ulong, (byte[]? Cached, bool WasRunning, byte[]? Running)> _undo = new();
         private readonly List<Action> _onAbort = new();
+        private readonly List<Action> _afterCommitLocal = new();
         private bool _done;
 
         internal Handle(TransactionManager tm) => _tm = tm;
@@ -119,6 +129,17 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
             _tm._running.Remove(block);
         }
 
+        /// <summary>
+        /// Work that may only happen once this handle's transaction is durable — e.g. letting the
+        /// allocator reuse blocks this operation freed (reused earlier, a crash before the commit
+        /// could leave the old owner pointing at someone else's data). Dropped if the handle aborts.
+        /// </summary>
+        public void AfterCommit(Action action)
+        {
+            ObjectDisposedException.ThrowIf(_done, this);
+            _afterCommitLocal.Add(action);
+        }
+
         /// <summary>Undo work outside the block cache (in-memory caches of parsed structures) on abort.</summary>
         public void OnAbort(Action undo) => _onAbort.Add(undo);
 
@@ -127,6 +148,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
         {
             ObjectDisposedException.ThrowIf(_done, this);
             _done = true;
+            _tm._afterCommit.AddRange(_afterCommitLocal);
             _tm._lock.Exit();
         }
 

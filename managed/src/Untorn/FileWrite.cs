@@ -1,0 +1,174 @@
+namespace Untorn;
+
+/// <summary>
+/// The state a filesystem needs once something is written (what a read-write mount sets up):
+/// the transaction manager over the journal (or in place without one), mballoc and the allocator.
+/// Created on the first write, so an image opened read-write but only read is never touched.
+/// </summary>
+internal sealed class WriteState(TransactionManager transactions, BlockAllocator allocator, Jbd2CommitWriter? journal) : IDisposable
+{
+    public TransactionManager Transactions => transactions;
+    public BlockAllocator Allocator => allocator;
+    private readonly Timer _commitTimer = new(_ => { try { transactions.Commit(); } catch (Ext4Exception) { } }, null, 5000, 5000);
+
+    /// <summary>Commits what is pending and, with a journal, marks it empty and clears needs_recovery.</summary>
+    public void Dispose()
+    {
+        _commitTimer.Dispose();
+        transactions.Commit();
+        journal?.Close();
+    }
+}
+
+// pwrite/pwritev2/fsync: the data write path of extent-mapped regular files (fs/ext4/file.c,
+// inode.c): holes get clusters from mballoc and written extents; unwritten extents are written
+// and converted; i_size, i_blocks, mtime and ctime follow. Data goes straight to the device before
+// the metadata that points at it commits (ordered mode).
+public sealed partial class Ext4Fs
+{
+    private readonly Lock _writeInit = new();
+    private WriteState? _write;
+
+    internal WriteState Writer
+    {
+        get
+        {
+            if (_write != null) return _write;
+            lock (_writeInit)
+            {
+                if (_write != null) return _write;
+                if (ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
+                Jbd2CommitWriter? journal = null;
+                ICommitWriter writer;
+                if ((Super.FeatureCompat & Features.CompatHasJournal) != 0)
+                {
+                    journal = new Jbd2CommitWriter(Cache.Inner, Jbd2Journal.Open(this), Super);
+                    journal.Open();
+                    writer = journal;
+                }
+                else writer = new InPlaceCommitWriter(Cache.Inner, Super.BlockSize);
+                var mballoc = new Mballoc(new FsGroupBitmaps(this), (ulong)Super.ClusterSize);
+                return _write = new WriteState(new TransactionManager(Cache, writer), new BlockAllocator(this, mballoc), journal);
+            }
+        }
+    }
+
+    /// <summary>False without a journal: a crash may leave a metadata operation half done (e2fsck repairs it).</summary>
+    public bool IsCrashSafe => (Super.FeatureCompat & Features.CompatHasJournal) != 0;
+
+    /// <summary>pwrite(2): bytes written.</summary>
+    public long Pwrite(int fd, ReadOnlySpan<byte> data, long offset, ulong bufferAddress = 0) =>
+        Pwritev2(fd, [new IoSegment(bufferAddress, data.ToArray())], offset, 0);
+
+    /// <summary>pwritev2(2): offset -1 uses and advances the file position; RWF_DSYNC/RWF_SYNC commit before returning.</summary>
+    public long Pwritev2(int fd, ReadOnlySpan<IoSegment> iov, long offset, int flags)
+    {
+        var f = Files.Get(fd);
+        if (iov.Length > UioMaxIov) throw new Ext4Exception(Errno.EINVAL, "too many iovecs");
+        long total = 0;
+        foreach (var s in iov) total += s.Buffer.Length;
+        if (offset < -1) throw new Ext4Exception(Errno.EINVAL, "negative offset");
+        if (total == 0) return 0;
+        CheckRwFlags(flags, write: true);
+        if ((f.Flags & OpenFlags.AccMode) == OpenFlags.RdOnly || f.IsPathOnly) throw new Ext4Exception(Errno.EBADF, "descriptor not open for writing");
+        if ((flags & RwfFlags.Atomic) != 0)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, "atomic writes are not available on this image yet");
+        var inode = ReadInode(f.Inode.Number);
+        if (!inode.IsRegular) throw new Ext4Exception(inode.IsDir ? Errno.EISDIR : Errno.EINVAL, "not a regular file");
+        if (!inode.HasExtents || inode.HasInlineData || Super.HasBigalloc)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, "writes need an extent-mapped file on a filesystem without bigalloc (for now)");
+        bool append = ((f.Flags & OpenFlags.Append) != 0 || (flags & RwfFlags.Append) != 0) && (flags & RwfFlags.NoAppend) == 0;
+        bool usePosition = offset == -1;
+        var ws = Writer;
+        lock (f.PositionLock)
+        {
+            long pos = append ? (long)inode.Size : usePosition ? f.Position : offset;
+            foreach (var s in iov)
+                CheckDirect(f, pos, s.Buffer.Length, s.Address);
+            if (pos + total > (long)MaxFileSize) throw new Ext4Exception(Errno.EFBIG, "write past the largest file size");
+            total = Math.Min(total, MaxRwCount);
+            var data = new byte[total];
+            long at = 0;
+            foreach (var s in iov)
+            {
+                int n = (int)Math.Min(s.Buffer.Length, total - at);
+                s.Buffer.Span[..n].CopyTo(data.AsSpan((int)at));
+                at += n;
+                if (at >= total) break;
+            }
+            WriteData(ws, inode.Number, data, pos);
+            if (usePosition || append) f.Position = pos + total;
+            if ((flags & (RwfFlags.DSync | RwfFlags.Sync)) != 0 || (f.Flags & OpenFlags.DSync) != 0) ws.Transactions.Commit();
+            return total;
+        }
+    }
+
+    /// <summary>fsync/fdatasync: the running transaction (with everything this file changed) is committed.</summary>
+    public void Fsync(int fd)
+    {
+        Files.Get(fd);
+        _write?.Transactions.Commit();
+    }
+
+    private ulong MaxFileSize => (1UL << 32) * (ulong)Super.BlockSize - 1;
+
+    private void WriteData(WriteState ws, uint ino, byte[] data, long offset)
+    {
+        int bs = Super.BlockSize;
+        using var h = ws.Transactions.Start();
+        var inode = InodeBuffer.Load(this, ino);
+        var tree = new ExtentTree(this, h, inode, ws.Allocator);
+        long pos = offset, end = offset + data.Length;
+        while (pos < end)
+        {
+            uint lblk = (uint)(pos / bs);
+            var run = BlockMapper.For(this, inode.Parsed).Map(lblk, (ulong)((end - 1) / bs - lblk + 1));
+            int inBlock = (int)(pos % bs);
+            long runBytes = Math.Min(end - pos, (long)run.Length * bs - inBlock);
+            ulong physical = run.Physical;
+            uint blocks = (uint)((inBlock + runBytes + bs - 1) / bs);
+            if (run.IsHole)
+            {
+                var (cluster, count) = ws.Allocator.AllocateData(h, ino, lblk, blocks, 1, GoalFor(tree, lblk));
+                blocks = (uint)count;
+                runBytes = Math.Min(runBytes, (long)count * bs - inBlock);
+                physical = cluster;
+            }
+            // Whole blocks go to the device; partial edges are merged with what the block holds
+            // (zeros for a hole or an unwritten extent, as readers see them).
+            var buf = new byte[(long)blocks * bs];
+            if (!run.IsHole && !run.Unwritten)
+            {
+                if (inBlock != 0) Device.Read((long)physical * bs, buf.AsSpan(0, bs));
+                long dataEnd = inBlock + runBytes;
+                if (dataEnd % bs != 0)
+                {
+                    long last = dataEnd / bs * bs;
+                    Device.Read((long)physical * bs + last, buf.AsSpan((int)last, bs));
+                }
+            }
+            data.AsSpan((int)(pos - offset), (int)runBytes).CopyTo(buf.AsSpan(inBlock));
+            Device.Write((long)physical * bs, buf);
+            if (run.IsHole)
+            {
+                tree.Insert(new Extent(lblk, blocks, physical, Unwritten: false));
+                inode.Sectors += (ulong)blocks * (ulong)bs / 512;
+            }
+            else if (run.Unwritten) tree.MarkWritten(lblk, blocks);
+            pos += runBytes;
+        }
+        if ((ulong)end > inode.Size) inode.Size = (ulong)end;
+        var now = DateTimeOffset.UtcNow;
+        inode.SetTime(0x10, 0x88, now); // mtime
+        inode.SetTime(0x0C, 0x84, now); // ctime
+        inode.Save(h, this);
+        h.Complete();
+    }
+
+    // Goal: right after the physical block mapping the logical block before (the file grows in place).
+    private static ulong GoalFor(ExtentTree tree, uint lblk)
+    {
+        var before = tree.ReadAll().LastOrDefault(e => e.First < lblk);
+        return before == default ? 0 : before.Physical + (lblk - before.First);
+    }
+}
