@@ -115,6 +115,14 @@ int untorn_close(struct untorn_fs *fs, int fd);
 ssize_t untorn_pread(struct untorn_fs *fs, int fd, void *buf, size_t len, int64_t off);
 /* Vectored read at off (-1: at and advancing the file position); flags are RWF_* values. */
 ssize_t untorn_preadv2(struct untorn_fs *fs, int fd, const struct iovec *iov, int iovcnt, int64_t off, int flags);
+/* Write len bytes at offset off (the file grows as needed); returns the count. Needs a descriptor open for writing. */
+ssize_t untorn_pwrite(struct untorn_fs *fs, int fd, const void *buf, size_t len, int64_t off);
+/* Vectored write at off (-1: at and advancing the file position); flags are RWF_* values (RWF_DSYNC/RWF_SYNC commit before returning). */
+ssize_t untorn_pwritev2(struct untorn_fs *fs, int fd, const struct iovec *iov, int iovcnt, int64_t off, int flags);
+/* fsync(2): everything written so far is durable (the journal transaction is committed) when it returns. */
+int untorn_fsync(struct untorn_fs *fs, int fd);
+/* fdatasync(2): like untorn_fsync (data and the metadata needed to read it are committed together). */
+int untorn_fdatasync(struct untorn_fs *fs, int fd);
 /* statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself. */
 int untorn_statx(struct untorn_fs *fs, int dirfd, const char *path, int flags, unsigned mask, struct untorn_statx *out);
 /* Read up to max entries of the directory open on fd, from its position; returns the count, 0 at the end. */

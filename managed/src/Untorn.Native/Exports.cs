@@ -100,6 +100,60 @@ public static unsafe class Exports
         catch (Exception e) { return ErrnoMapper.Of(e); }
     }
 
+    /// <summary>Write len bytes at offset off (the file grows as needed); returns the count. Needs a descriptor open for writing.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_pwrite")]
+    [return: CType("ssize_t")]
+    public static nint Pwrite(UntornFs* fs, int fd, [CType("const void *")] void* buf, nuint len, long off)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (len > (nuint)nint.MaxValue) return -Errno.EINVAL;
+            if (buf == null && len != 0) return -Errno.EFAULT;
+            int n = (int)Math.Min((ulong)len, (ulong)MaxRwCount);
+            return (nint)f.Pwrite(fd, new ReadOnlySpan<byte>(buf, n), off, (ulong)buf);
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Vectored write at off (-1: at and advancing the file position); flags are RWF_* values (RWF_DSYNC/RWF_SYNC commit before returning).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_pwritev2")]
+    [return: CType("ssize_t")]
+    public static nint Pwritev2(UntornFs* fs, int fd, [CType("const struct iovec *")] Iovec* iov, int iovcnt, long off, int flags)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            var segments = Segments(iov, iovcnt);
+            return (nint)f.Pwritev2(fd, segments, off, flags);
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>fsync(2): everything written so far is durable (the journal transaction is committed) when it returns.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fsync")]
+    public static int Fsync(UntornFs* fs, int fd)
+    {
+        try
+        {
+            Handles.Get(fs).Fsync(fd);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>fdatasync(2): like untorn_fsync (data and the metadata needed to read it are committed together).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fdatasync")]
+    public static int Fdatasync(UntornFs* fs, int fd)
+    {
+        try
+        {
+            Handles.Get(fs).Fsync(fd);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
     /// <summary>statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself.</summary>
     [UnmanagedCallersOnly(EntryPoint = "untorn_statx")]
     public static int Statx(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, int flags, uint mask, UntornStatx* @out)

@@ -57,8 +57,11 @@ public sealed partial class Ext4Fs
     public bool IsCrashSafe => (Super.FeatureCompat & Features.CompatHasJournal) != 0;
 
     /// <summary>pwrite(2): bytes written.</summary>
-    public long Pwrite(int fd, ReadOnlySpan<byte> data, long offset, ulong bufferAddress = 0) =>
-        Pwritev2(fd, [new IoSegment(bufferAddress, data.ToArray())], offset, 0);
+    public long Pwrite(int fd, ReadOnlySpan<byte> data, long offset, ulong bufferAddress = 0)
+    {
+        if (offset < 0) throw new Ext4Exception(Errno.EINVAL, "negative offset"); // -1 means "the position" only for pwritev2
+        return Pwritev2(fd, [new IoSegment(bufferAddress, data.ToArray())], offset, 0);
+    }
 
     /// <summary>pwritev2(2): offset -1 uses and advances the file position; RWF_DSYNC/RWF_SYNC commit before returning.</summary>
     public long Pwritev2(int fd, ReadOnlySpan<IoSegment> iov, long offset, int flags)
