@@ -54,5 +54,8 @@ public sealed class Ext4Exception(int errno, string message) : IOException(messa
     public int Errno { get; } = errno;
 
     public static Ext4Exception Corrupted(string what) => new(Untorn.Errno.EUCLEAN, "corrupted filesystem: " + what);
-    public static Ext4Exception BadChecksum(string what) => new(Untorn.Errno.EUCLEAN, "checksum mismatch: " + what);
+    public static Ext4Exception BadChecksum(string what) => new(Untorn.Errno.EUCLEAN, "checksum mismatch: " + what) { IsBadChecksum = true };
+
+    /// <summary>The structure was intact but for its checksum (EFSBADCRC in the kernel; EUCLEAN to callers).</summary>
+    public bool IsBadChecksum { get; private init; }
 }

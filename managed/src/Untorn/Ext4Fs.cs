@@ -11,6 +11,9 @@ public sealed record OpenOptions
     /// disk (possibly older than what was committed), and <see cref="Ext4Fs.JournalNotReplayed"/> says so.
     /// </summary>
     public bool NoReplay { get; init; }
+
+    /// <summary>How often pending metadata is committed without an fsync (jbd2's commit interval); zero or less: only on fsync, sync writes and close.</summary>
+    public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(5);
 }
 
 /// <summary>
@@ -64,7 +67,13 @@ public sealed partial class Ext4Fs : IDisposable
             throw new Ext4Exception(Errno.EINVAL, $"device of {device.Size} bytes is too small for ext4");
         var raw = new byte[Superblock.Size];
         device.Read(Superblock.Offset, raw);
-        var sb = Superblock.Parse(raw);
+        Superblock sb;
+        byte[]? backupRaw = null;
+        try { sb = Superblock.Parse(raw); }
+        catch (Ext4Exception e) when (e.IsBadChecksum && SuperblockBackup.Find(device, raw) is { } backup)
+        {
+            (sb, backupRaw) = backup; // a torn primary: continue from group 1's copy, repaired below
+        }
 
         uint unsupported = sb.FeatureIncompat & ~Features.IncompatReadable;
         if (unsupported != 0)
@@ -81,12 +90,12 @@ public sealed partial class Ext4Fs : IDisposable
         }
         bool notReplayed = false;
         int replayed = 0;
-        if (sb.NeedsRecovery)
+        if (sb.NeedsRecovery || backupRaw != null)
         {
-            if (readOnly && options.NoReplay) notReplayed = true;
-            else (device, sb, replayed) = Recover(device, sb, readOnly);
+            if (readOnly && options.NoReplay && backupRaw == null) notReplayed = true;
+            else (device, sb, replayed) = Recover(device, sb, readOnly, backupRaw);
         }
-        var fs = new Ext4Fs(device, sb, readOnly) { JournalNotReplayed = notReplayed, ReplayedTransactions = replayed };
+        var fs = new Ext4Fs(device, sb, readOnly) { JournalNotReplayed = notReplayed, ReplayedTransactions = replayed, CommitInterval = options.CommitInterval };
         fs.ReadInode(RootIno); // a filesystem whose root cannot be read is not worth handing out
         return fs;
     }
@@ -94,29 +103,34 @@ public sealed partial class Ext4Fs : IDisposable
     /// <summary>The image needed journal recovery and was opened read-only with NoReplay: reads show the unreplayed state.</summary>
     public bool JournalNotReplayed { get; private init; }
 
+    internal TimeSpan CommitInterval { get; private init; }
+
     /// <summary>How many committed transactions recovery replayed at open.</summary>
     public int ReplayedTransactions { get; private init; }
 
     // Replays the journal as the kernel does at mount: into the image when writable; for a
     // read-only open into an overlay, so reads see the recovered filesystem and the image is untouched.
-    private static (IBlockDevice, Superblock, int) Recover(IBlockDevice device, Superblock sb, bool readOnly)
+    private static (IBlockDevice, Superblock, int) Recover(IBlockDevice device, Superblock sb, bool readOnly, byte[]? backupRaw)
     {
         var probe = new Ext4Fs(device, sb, readOnly: true); // only maps the journal inode; never disposed (it would close the device)
-        var journal = Jbd2Journal.Open(probe);
-        var plan = Jbd2Recovery.Scan(device, journal);
+        bool journaled = (sb.FeatureCompat & Features.CompatHasJournal) != 0 && sb.JournalInum != 0;
+        Jbd2Recovery.Plan plan = new([], 0, 0, 0);
+        Jbd2Journal? journal = journaled ? Jbd2Journal.Open(probe) : null;
+        if (journal != null) plan = Jbd2Recovery.Scan(device, journal);
+        ulong sbBlock = (ulong)(Superblock.Offset / sb.BlockSize);
         if (!readOnly)
-            Jbd2Recovery.Apply(device, journal, plan);
+        {
+            if (journal != null) Jbd2Recovery.Apply(device, journal, plan);
+            device.Write(Superblock.Offset, SuperblockBackup.FinalPrimary(device, backupRaw));
+            device.Flush();
+        }
         else
         {
             var overlay = new BufferCache(device, sb.BlockSize);
             foreach (var (home, data) in plan.Writes)
                 if (home < sb.BlocksCount) overlay.Publish(home, data);
-            ulong sbBlock = (ulong)(Superblock.Offset / sb.BlockSize);
             var block = overlay.Snapshot(sbBlock);
-            var raw = block.AsSpan(Superblock.Offset % sb.BlockSize, Superblock.Size);
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(raw[0x60..],
-                System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(raw[0x60..]) & ~Features.IncompatRecover);
-            Superblock.UpdateChecksum(raw);
+            SuperblockBackup.FinalPrimary(overlay, backupRaw).CopyTo(block.AsSpan(Superblock.Offset % sb.BlockSize));
             overlay.Publish(sbBlock, block);
             device = overlay;
         }

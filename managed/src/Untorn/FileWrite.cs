@@ -5,18 +5,31 @@ namespace Untorn;
 /// the transaction manager over the journal (or in place without one), mballoc and the allocator.
 /// Created on the first write, so an image opened read-write but only read is never touched.
 /// </summary>
-internal sealed class WriteState(TransactionManager transactions, BlockAllocator allocator, Jbd2CommitWriter? journal) : IDisposable
+internal sealed class WriteState : IDisposable
 {
-    public TransactionManager Transactions => transactions;
-    public BlockAllocator Allocator => allocator;
-    private readonly Timer _commitTimer = new(_ => { try { transactions.Commit(); } catch (Ext4Exception) { } }, null, 5000, 5000);
+    private readonly Jbd2CommitWriter? _journal;
+    private readonly Timer? _commitTimer;
+
+    public WriteState(TransactionManager transactions, BlockAllocator allocator, Jbd2CommitWriter? journal, TimeSpan commitInterval)
+    {
+        Transactions = transactions;
+        Allocator = allocator;
+        _journal = journal;
+        // A failed background commit is not lost: the transaction stays running and the next
+        // fsync or close reports the error.
+        if (commitInterval > TimeSpan.Zero)
+            _commitTimer = new Timer(_ => { try { transactions.Commit(); } catch (Ext4Exception) { } }, null, commitInterval, commitInterval);
+    }
+
+    public TransactionManager Transactions { get; }
+    public BlockAllocator Allocator { get; }
 
     /// <summary>Commits what is pending and, with a journal, marks it empty and clears needs_recovery.</summary>
     public void Dispose()
     {
-        _commitTimer.Dispose();
-        transactions.Commit();
-        journal?.Close();
+        _commitTimer?.Dispose();
+        Transactions.Commit();
+        _journal?.Close();
     }
 }
 
@@ -48,7 +61,7 @@ public sealed partial class Ext4Fs
                 }
                 else writer = new InPlaceCommitWriter(Cache.Inner, Super.BlockSize);
                 var mballoc = new Mballoc(new FsGroupBitmaps(this), (ulong)Super.ClusterSize);
-                return _write = new WriteState(new TransactionManager(Cache, writer), new BlockAllocator(this, mballoc), journal);
+                return _write = new WriteState(new TransactionManager(Cache, writer), new BlockAllocator(this, mballoc), journal, CommitInterval);
             }
         }
     }

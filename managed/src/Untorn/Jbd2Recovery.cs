@@ -169,9 +169,9 @@ internal sealed class Jbd2Recovery
     }
 
     /// <summary>
-    /// Writes a plan home and marks the log empty: the journal superblock's s_start 0 and
-    /// s_sequence past the last replayed transaction, then needs_recovery cleared — the order
-    /// e2fsck uses, so a crash during recovery just recovers again.
+    /// Writes a plan home and marks the log empty: s_start 0 and s_sequence past the last replayed
+    /// transaction. The caller then clears needs_recovery in the superblock — the order e2fsck
+    /// uses, so a crash during recovery just recovers again.
     /// </summary>
     public static void Apply(IBlockDevice dev, Jbd2Journal journal, Plan plan)
     {
@@ -182,13 +182,6 @@ internal sealed class Jbd2Recovery
         jsb.Start = 0;
         jsb.Sequence = plan.EndSequence;
         dev.Write((long)journal.Physical(0) * bs, jsb.Serialize(bs));
-        dev.Flush();
-        var raw = new byte[Superblock.Size];
-        dev.Read(Superblock.Offset, raw);
-        uint incompat = BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(0x60)) & ~Features.IncompatRecover;
-        BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(0x60), incompat);
-        Superblock.UpdateChecksum(raw);
-        dev.Write(Superblock.Offset, raw);
         dev.Flush();
     }
 }

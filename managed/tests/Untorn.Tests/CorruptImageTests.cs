@@ -63,11 +63,33 @@ public partial class CorruptImageTests
     }
 
     [Fact]
-    public void Open_FlippedSuperblockChecksum_Euclean()
+    public void Open_FlippedSuperblockChecksumNoBackup_Euclean()
     {
-        var image = Load("ext4-4k");
+        var image = Load("ext4-4k"); // one block group: no backup superblock to fall back to
         image[1024 + 0x3FC] ^= 0x01;
         Assert.Equal(Errno.EUCLEAN, ErrnoOf(() => OpenRo(image)));
+    }
+
+    /// <summary>
+    /// A primary superblock that fails its checksum (what a torn in-place write leaves) is read from
+    /// group 1's backup, as e2fsck does; a read-write open rewrites a valid primary.
+    /// </summary>
+    [Fact]
+    public void Open_TornPrimarySuperblock_BackupUsedAndPrimaryRepaired()
+    {
+        var image = Load("ext4-1k");
+        image[1024 + 0x10] ^= 0xFF; // free inodes count, in the first sector: the crc no longer matches
+        using (var ro = OpenRo(image.ToArray()))
+            ro.Statx(AtFlags.Root, B("/hello.txt"), 0, StatxMask.BasicStats);
+        var path = Path.Combine(Path.GetTempPath(), $"untorn-torn-sb-{Guid.NewGuid():N}.img");
+        try
+        {
+            File.WriteAllBytes(path, image);
+            using (Ext4Fs.Open(path)) { }
+            var (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fn", path]);
+            Assert.True(rc == 0, output);
+        }
+        finally { File.Delete(path); }
     }
 
     [Fact]
