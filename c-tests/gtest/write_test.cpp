@@ -120,7 +120,8 @@ INSTANTIATE_TEST_SUITE_P(Configs, Write, ::testing::Values("ext4-4k", "ext4-1k",
 TEST(CrashKill, ChildKilledWhileAppending_FsyncedBytesSurviveAndFsckClean) {
   UNTORN_REQUIRE_IMAGES();
   const char *prog = std::getenv("UNTORN_KILL_WORKLOAD");
-  if (!prog || !*prog) GTEST_SKIP() << "UNTORN_KILL_WORKLOAD (path of c-tests' kill_workload) not set";
+  if (!prog || !*prog) prog = UNTORN_KILL_WORKLOAD_PATH;
+  if (access(prog, X_OK) != 0) GTEST_SKIP() << prog << " (c-tests' kill_workload) is not built";
   std::mt19937 rng(7);
   long long total_durable = 0;
   for (int round = 0; round < 6; round++) {
