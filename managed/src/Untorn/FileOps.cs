@@ -41,8 +41,10 @@ public sealed partial class Ext4Fs
         }
         catch (Ext4Exception e) when (e.Errno == Errno.ENOENT && (flags & OpenFlags.Creat) != 0 && !pathOnly)
         {
-            throw new Ext4Exception(ReadOnly ? Errno.EROFS : Errno.EOPNOTSUPP,
-                ReadOnly ? "read-only image" : "creating files needs the write engine");
+            if (ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
+            if (path.Length > 0 && path[^1] == (byte)'/') throw new Ext4Exception(Errno.EISDIR, "O_CREAT of a name ending in /");
+            inode = ReadInode(Create(path, mode, exclusive: (flags & OpenFlags.Excl) != 0));
+            return Files.Add(new OpenFile(inode, flags));
         }
         if (!pathOnly)
         {
@@ -64,7 +66,12 @@ public sealed partial class Ext4Fs
         return Files.Add(new OpenFile(inode, flags));
     }
 
-    public void Close(int fd) => Files.Remove(fd);
+    public void Close(int fd)
+    {
+        uint ino = Files.Get(fd).Inode.Number;
+        Files.Remove(fd);
+        if (!ReadOnly) ReleaseIfUnlinked(ino);
+    }
 
     /// <summary>pread(2): bytes read, 0 at end of file.</summary>
     public int Pread(int fd, Span<byte> buffer, long offset, ulong bufferAddress = 0)
