@@ -107,7 +107,7 @@ struct untorn_dirent {
 int untorn_open_image(const char *path, const struct untorn_open_opts *opts, struct untorn_fs **fsp);
 /* Close an image and every descriptor opened on it. */
 int untorn_close_image(struct untorn_fs *fs);
-/* Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values. */
+/* Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values (O_CREAT and O_EXCL create a regular file with mode). */
 int untorn_open(struct untorn_fs *fs, const char *path, int flags, unsigned mode);
 /* Close a descriptor. */
 int untorn_close(struct untorn_fs *fs, int fd);
@@ -123,6 +123,12 @@ ssize_t untorn_pwritev2(struct untorn_fs *fs, int fd, const struct iovec *iov, i
 int untorn_fsync(struct untorn_fs *fs, int fd);
 /* fdatasync(2): like untorn_fsync (data and the metadata needed to read it are committed together). */
 int untorn_fdatasync(struct untorn_fs *fs, int fd);
+/* mkdir(2): create a directory at path (resolved from the image root) with the given permission bits. */
+int untorn_mkdir(struct untorn_fs *fs, const char *path, unsigned mode);
+/* unlink(2): remove a name; the file's space is freed once no descriptor has it open. */
+int untorn_unlink(struct untorn_fs *fs, const char *path);
+/* rmdir(2): remove an empty directory. */
+int untorn_rmdir(struct untorn_fs *fs, const char *path);
 /* statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself. */
 int untorn_statx(struct untorn_fs *fs, int dirfd, const char *path, int flags, unsigned mask, struct untorn_statx *out);
 /* Read up to max entries of the directory open on fd, from its position; returns the count, 0 at the end. */

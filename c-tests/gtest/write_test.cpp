@@ -111,6 +111,50 @@ TEST(WriteErrors, Contract) {
   EXPECT_EQ(untorn_open(img.fs(), "/small", 2, 0), -EISDIR);
 }
 
+TEST(Namespace, CreateWriteMkdirUnlinkRmdir_DebugfsAndFsckAgree) {
+  UNTORN_REQUIRE_IMAGES();
+  ImageCopy copy("ext4-4k");
+  const char msg[] = "created through the C API\n";
+  {
+    Image img(copy.path, 0);
+    ASSERT_EQ(img.rc(), 0);
+    ASSERT_EQ(untorn_mkdir(img.fs(), "/newdir", 0755), 0);
+    EXPECT_EQ(untorn_mkdir(img.fs(), "/newdir", 0755), -EEXIST);
+    int fd = untorn_open(img.fs(), "/newdir/file.txt", 2 | 0x40 | 0x80 /* O_RDWR|O_CREAT|O_EXCL */, 0644);
+    ASSERT_GE(fd, 0) << untorn_strerror(fd);
+    EXPECT_EQ(untorn_pwrite(img.fs(), fd, msg, sizeof msg - 1, 0), (ssize_t)(sizeof msg - 1));
+    EXPECT_EQ(untorn_close(img.fs(), fd), 0);
+    EXPECT_EQ(untorn_open(img.fs(), "/newdir/file.txt", 2 | 0x40 | 0x80, 0644), -EEXIST);
+    EXPECT_EQ(untorn_rmdir(img.fs(), "/newdir"), -ENOTEMPTY);
+    EXPECT_EQ(untorn_unlink(img.fs(), "/newdir"), -EISDIR);
+    EXPECT_EQ(untorn_unlink(img.fs(), "/nope"), -ENOENT);
+    EXPECT_EQ(untorn_mkdir(img.fs(), nullptr, 0755), -EFAULT);
+    for (int i = 0; i < 300; i++) {  // many names in the htree directory: leaves split
+      std::string p = "/bigdir/c-api-" + std::to_string(i);
+      int f = untorn_open(img.fs(), p.c_str(), 1 | 0x40 | 0x80, 0600);
+      ASSERT_GE(f, 0) << p << ": " << untorn_strerror(f);
+      untorn_close(img.fs(), f);
+      if (i % 3 == 0) {
+        ASSERT_EQ(untorn_unlink(img.fs(), p.c_str()), 0);
+      }
+    }
+    ASSERT_EQ(untorn_mkdir(img.fs(), "/gone", 0700), 0);
+    EXPECT_EQ(untorn_rmdir(img.fs(), "/gone"), 0);
+    struct untorn_statx stx;
+    EXPECT_EQ(untorn_statx(img.fs(), UNTORN_AT_ROOT, "/gone", 0, UNTORN_STATX_BASIC_STATS, &stx), -ENOENT);
+    EXPECT_EQ(untorn_statx(img.fs(), UNTORN_AT_ROOT, "/newdir", 0, UNTORN_STATX_BASIC_STATS, &stx), 0);
+    EXPECT_EQ(stx.stx_mode, 040755u);
+    EXPECT_EQ(stx.stx_nlink, 2u);
+  }
+  std::string out;
+  EXPECT_EQ(run("e2fsck -fn " + shell_quote(copy.path), &out), 0) << out;
+  auto got = debugfs_dump(copy.path, "/newdir/file.txt");
+  EXPECT_EQ(std::string(got.begin(), got.end()), std::string(msg));
+  run("debugfs -R " + shell_quote("ls /bigdir") + " " + shell_quote(copy.path), &out);
+  EXPECT_NE(out.find("c-api-1 "), std::string::npos);
+  EXPECT_EQ(out.find("c-api-3 "), std::string::npos);
+}
+
 INSTANTIATE_TEST_SUITE_P(Configs, Write, ::testing::Values("ext4-4k", "ext4-1k", "ext4-no64-nocsum", "ext4-metabg"),
                          [](const auto &info) { std::string s = info.param; std::replace(s.begin(), s.end(), '-', '_'); return s; });
 

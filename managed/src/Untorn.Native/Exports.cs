@@ -45,7 +45,7 @@ public static unsafe class Exports
         catch (Exception e) { return ErrnoMapper.Of(e); }
     }
 
-    /// <summary>Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values.</summary>
+    /// <summary>Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values (O_CREAT and O_EXCL create a regular file with mode).</summary>
     [UnmanagedCallersOnly(EntryPoint = "untorn_open")]
     public static int Open(UntornFs* fs, [CType("const char *")] byte* path, int flags, uint mode)
     {
@@ -149,6 +149,48 @@ public static unsafe class Exports
         try
         {
             Handles.Get(fs).Fsync(fd);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>mkdir(2): create a directory at path (resolved from the image root) with the given permission bits.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_mkdir")]
+    public static int Mkdir(UntornFs* fs, [CType("const char *")] byte* path, uint mode)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Mkdir(Bytes(path), mode);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>unlink(2): remove a name; the file's space is freed once no descriptor has it open.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_unlink")]
+    public static int Unlink(UntornFs* fs, [CType("const char *")] byte* path)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Unlink(Bytes(path));
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>rmdir(2): remove an empty directory.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_rmdir")]
+    public static int Rmdir(UntornFs* fs, [CType("const char *")] byte* path)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Rmdir(Bytes(path));
             return 0;
         }
         catch (Exception e) { return ErrnoMapper.Of(e); }
