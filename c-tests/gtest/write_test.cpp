@@ -155,6 +155,51 @@ TEST(Namespace, CreateWriteMkdirUnlinkRmdir_DebugfsAndFsckAgree) {
   EXPECT_EQ(out.find("c-api-3 "), std::string::npos);
 }
 
+// untorn_alloc_aligned on a 1 KiB-block image (groups start one block off): every 16 KiB unit's
+// physical address, as untorn_fiemap reports it and as debugfs's extent dump shows it, is a
+// multiple of 16 KiB.
+TEST(AlignedAllocation, UnitsPhysicallyAligned_FiemapAndDebugfsAgree) {
+  UNTORN_REQUIRE_IMAGES();
+  ImageCopy copy("ext4-1k");
+  const unsigned align = 16384, units = 12;
+  std::vector<struct untorn_extent> ext(64);
+  unsigned n = 0;
+  {
+    Image img(copy.path, 0);
+    ASSERT_EQ(img.rc(), 0);
+    int fd = untorn_open(img.fs(), "/atomic.db", 2 | 0x40, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(untorn_alloc_aligned(img.fs(), fd, 0, (int64_t)align * units, align, 0), 0);
+    EXPECT_EQ(untorn_alloc_aligned(img.fs(), fd, 0, align, 3000, 0), -EINVAL);
+    EXPECT_EQ(untorn_alloc_aligned(img.fs(), fd, 1024, align, align, 0), -EINVAL);
+    ASSERT_EQ(untorn_fiemap(img.fs(), fd, 0, (int64_t)align * units, ext.data(), (unsigned)ext.size(), &n), 0);
+    ASSERT_GT(n, 0u);
+    uint64_t covered = 0;
+    for (unsigned i = 0; i < n && i < ext.size(); i++) {
+      EXPECT_TRUE(ext[i].fe_flags & UNTORN_EXTENT_UNWRITTEN);
+      EXPECT_EQ(ext[i].fe_physical % align, 0u) << "extent " << i;
+      EXPECT_EQ(ext[i].fe_logical % align, 0u);
+      covered += ext[i].fe_length;
+    }
+    EXPECT_EQ(covered, (uint64_t)align * units);
+    EXPECT_TRUE(ext[n - 1].fe_flags & UNTORN_EXTENT_LAST);
+    EXPECT_EQ(untorn_ftruncate(img.fs(), fd, 5000), 0);
+    EXPECT_EQ(untorn_fallocate(img.fs(), fd, UNTORN_FALLOC_PUNCH_HOLE | UNTORN_FALLOC_KEEP_SIZE, 0, 1024), 0);
+    EXPECT_EQ(untorn_fallocate(img.fs(), fd, UNTORN_FALLOC_PUNCH_HOLE, 0, 1024), -EINVAL);
+    EXPECT_EQ(untorn_fiemap(img.fs(), fd, 0, 1, nullptr, 0, nullptr), -EFAULT);
+  }
+  std::string out;
+  EXPECT_EQ(run("e2fsck -fn " + shell_quote(copy.path), &out), 0) << out;
+  // debugfs's own view of the unit that survived the truncate
+  ASSERT_EQ(run("debugfs -R " + shell_quote("bmap /atomic.db 4") + " " + shell_quote(copy.path) + " 2>/dev/null", &out), 0);
+  std::istringstream lines(out);
+  std::string line, last;
+  while (std::getline(lines, line))
+    if (!line.empty() && line.find("debugfs") == std::string::npos) last = line;
+  ASSERT_FALSE(last.empty()) << out;
+  EXPECT_EQ(std::stoull(last) * 1024 % align, 4096u) << "file block 4 sits 4 KiB into its 16 KiB unit";
+}
+
 INSTANTIATE_TEST_SUITE_P(Configs, Write, ::testing::Values("ext4-4k", "ext4-1k", "ext4-no64-nocsum", "ext4-metabg"),
                          [](const auto &info) { std::string s = info.param; std::replace(s.begin(), s.end(), '-', '_'); return s; });
 

@@ -196,6 +196,59 @@ public static unsafe class Exports
         catch (Exception e) { return ErrnoMapper.Of(e); }
     }
 
+    /// <summary>ftruncate(2): set the file size; blocks past it are freed.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_ftruncate")]
+    public static int Ftruncate(UntornFs* fs, int fd, long length)
+    {
+        try
+        {
+            Handles.Get(fs).Ftruncate(fd, length);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>fallocate(2): mode 0 or UNTORN_FALLOC_KEEP_SIZE reserve (unwritten) blocks; PUNCH_HOLE frees; ZERO_RANGE zeroes.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fallocate")]
+    public static int Fallocate(UntornFs* fs, int fd, int mode, long offset, long length)
+    {
+        try
+        {
+            Handles.Get(fs).Fallocate(fd, mode, offset, length);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Reserve unwritten blocks for [off, off+len) so that each align_bytes unit is one physically contiguous, align_bytes-aligned run (all or nothing; -EINVAL for a unit already mapped otherwise).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_alloc_aligned")]
+    public static int AllocAligned(UntornFs* fs, int fd, long off, long len, uint align_bytes, uint flags)
+    {
+        try
+        {
+            Handles.Get(fs).AllocAligned(fd, off, len, align_bytes, flags);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>The extents overlapping [off, off+len): up to max into out, *count set to how many there are in all.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fiemap")]
+    public static int Fiemap(UntornFs* fs, int fd, long off, long len, UntornExtent* @out, uint max, uint* count)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (count == null || (@out == null && max != 0)) return -Errno.EFAULT;
+            var list = f.Fiemap(fd, off, len);
+            for (int i = 0; i < list.Count && i < max; i++)
+                @out[i] = new UntornExtent { fe_logical = list[i].Logical, fe_physical = list[i].Physical, fe_length = list[i].Length, fe_flags = list[i].Flags };
+            *count = (uint)list.Count;
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
     /// <summary>statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself.</summary>
     [UnmanagedCallersOnly(EntryPoint = "untorn_statx")]
     public static int Statx(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, int flags, uint mask, UntornStatx* @out)

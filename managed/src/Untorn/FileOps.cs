@@ -57,7 +57,12 @@ public sealed partial class Ext4Fs
                 throw new Ext4Exception(Errno.EISDIR, "is a directory");
             if (writes && ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
             if ((flags & OpenFlags.Trunc) != 0 && inode.IsRegular && inode.Size != 0)
-                throw new Ext4Exception(Errno.EOPNOTSUPP, "truncating needs the write engine");
+            {
+                if (!inode.HasExtents || inode.HasInlineData || Super.HasBigalloc)
+                    throw new Ext4Exception(Errno.EOPNOTSUPP, "truncating inline, indirect-mapped or bigalloc files is not supported yet");
+                Truncate(inode.Number, 0);
+                inode = ReadInode(inode.Number);
+            }
             if ((flags & OpenFlags.Direct) != 0 && inode.IsRegular && Getattr.DioAlignment(this, inode) == 0)
                 throw new Ext4Exception(Errno.EINVAL, "O_DIRECT is not supported on this file");
         }
