@@ -156,6 +156,14 @@ int untorn_fallocate(struct untorn_fs *fs, int fd, int mode, int64_t offset, int
 int untorn_alloc_aligned(struct untorn_fs *fs, int fd, int64_t off, int64_t len, unsigned align_bytes, unsigned flags);
 /* The extents overlapping [off, off+len): up to max into out, *count set to how many there are in all. */
 int untorn_fiemap(struct untorn_fs *fs, int fd, int64_t off, int64_t len, struct untorn_extent *out, unsigned max, unsigned *count);
+/* rename(2): move oldpath to newpath, replacing a file by a file or an empty directory by a directory. */
+int untorn_rename(struct untorn_fs *fs, const char *oldpath, const char *newpath);
+/* link(2): a second name for a file (not a directory). */
+int untorn_link(struct untorn_fs *fs, const char *oldpath, const char *newpath);
+/* symlink(2): create linkpath pointing at target (stored as given, not resolved). */
+int untorn_symlink(struct untorn_fs *fs, const char *target, const char *linkpath);
+/* sync(2) for the image: commit everything written so far. */
+int untorn_sync(struct untorn_fs *fs);
 /* statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself. */
 int untorn_statx(struct untorn_fs *fs, int dirfd, const char *path, int flags, unsigned mask, struct untorn_statx *out);
 /* Read up to max entries of the directory open on fd, from its position; returns the count, 0 at the end. */

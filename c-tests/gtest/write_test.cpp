@@ -138,6 +138,19 @@ TEST(Namespace, CreateWriteMkdirUnlinkRmdir_DebugfsAndFsckAgree) {
         ASSERT_EQ(untorn_unlink(img.fs(), p.c_str()), 0);
       }
     }
+    ASSERT_EQ(untorn_link(img.fs(), "/newdir/file.txt", "/hardlink"), 0);
+    EXPECT_EQ(untorn_link(img.fs(), "/newdir", "/dirlink"), -EPERM);
+    ASSERT_EQ(untorn_symlink(img.fs(), "newdir/file.txt", "/symlink"), 0);
+    char target[64];
+    EXPECT_EQ(untorn_readlink(img.fs(), "/symlink", target, sizeof target), 15);
+    ASSERT_EQ(untorn_rename(img.fs(), "/hardlink", "/renamed"), 0);
+    ASSERT_EQ(untorn_mkdir(img.fs(), "/newdir/sub", 0755), 0);
+    EXPECT_EQ(untorn_rename(img.fs(), "/newdir", "/newdir/sub/inside"), -EINVAL);
+    ASSERT_EQ(untorn_rename(img.fs(), "/newdir/sub", "/moved-sub"), 0);
+    EXPECT_EQ(untorn_sync(img.fs()), 0);
+    struct untorn_statx ls;
+    ASSERT_EQ(untorn_statx(img.fs(), UNTORN_AT_ROOT, "/renamed", 0, UNTORN_STATX_BASIC_STATS, &ls), 0);
+    EXPECT_EQ(ls.stx_nlink, 2u);
     ASSERT_EQ(untorn_mkdir(img.fs(), "/gone", 0700), 0);
     EXPECT_EQ(untorn_rmdir(img.fs(), "/gone"), 0);
     struct untorn_statx stx;
@@ -150,6 +163,10 @@ TEST(Namespace, CreateWriteMkdirUnlinkRmdir_DebugfsAndFsckAgree) {
   EXPECT_EQ(run("e2fsck -fn " + shell_quote(copy.path), &out), 0) << out;
   auto got = debugfs_dump(copy.path, "/newdir/file.txt");
   EXPECT_EQ(std::string(got.begin(), got.end()), std::string(msg));
+  got = debugfs_dump(copy.path, "/renamed");
+  EXPECT_EQ(std::string(got.begin(), got.end()), std::string(msg));
+  run("debugfs -R " + shell_quote("stat /moved-sub") + " " + shell_quote(copy.path), &out);
+  EXPECT_NE(out.find("Type: directory"), std::string::npos) << out;
   run("debugfs -R " + shell_quote("ls /bigdir") + " " + shell_quote(copy.path), &out);
   EXPECT_NE(out.find("c-api-1 "), std::string::npos);
   EXPECT_EQ(out.find("c-api-3 "), std::string::npos);

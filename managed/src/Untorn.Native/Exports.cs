@@ -249,6 +249,60 @@ public static unsafe class Exports
         catch (Exception e) { return ErrnoMapper.Of(e); }
     }
 
+    /// <summary>rename(2): move oldpath to newpath, replacing a file by a file or an empty directory by a directory.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_rename")]
+    public static int Rename(UntornFs* fs, [CType("const char *")] byte* oldpath, [CType("const char *")] byte* newpath)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (oldpath == null || newpath == null) return -Errno.EFAULT;
+            f.Rename(Bytes(oldpath), Bytes(newpath));
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>link(2): a second name for a file (not a directory).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_link")]
+    public static int Link(UntornFs* fs, [CType("const char *")] byte* oldpath, [CType("const char *")] byte* newpath)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (oldpath == null || newpath == null) return -Errno.EFAULT;
+            f.Link(Bytes(oldpath), Bytes(newpath));
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>symlink(2): create linkpath pointing at target (stored as given, not resolved).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_symlink")]
+    public static int Symlink(UntornFs* fs, [CType("const char *")] byte* target, [CType("const char *")] byte* linkpath)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (target == null || linkpath == null) return -Errno.EFAULT;
+            f.Symlink(Bytes(target), Bytes(linkpath));
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>sync(2) for the image: commit everything written so far.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_sync")]
+    public static int Sync(UntornFs* fs)
+    {
+        try
+        {
+            Handles.Get(fs).Sync();
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
     /// <summary>statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself.</summary>
     [UnmanagedCallersOnly(EntryPoint = "untorn_statx")]
     public static int Statx(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, int flags, uint mask, UntornStatx* @out)

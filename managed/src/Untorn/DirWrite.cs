@@ -63,6 +63,25 @@ internal sealed class DirWriter(Ext4Fs fs, TransactionManager.Handle h, InodeBuf
         return true;
     }
 
+    /// <summary>Points ".." at a new parent (a directory renamed into another one).</summary>
+    public void SetParent(uint parent)
+    {
+        var (phys, block) = ReadDirBlock(0);
+        if (dir.Parsed.IsIndexedDir && (fs.Super.FeatureCompat & Features.CompatDirIndex) != 0)
+        {
+            // dx root: "." (12 bytes) then ".." whose inode field is at 12; the dx tail checksum covers it.
+            BinaryPrimitives.WriteUInt32LittleEndian(block.AsSpan(12), parent);
+            SetDxChecksum(block, RootInfoOffset + block[RootInfoOffset + 5]);
+            h.Dirty(phys, block);
+            return;
+        }
+        var entries = ParseLeaf(block, out bool dotFirst);
+        int i = entries.FindIndex(e => e.Name is [(byte)'.', (byte)'.']);
+        if (i < 0) throw Ext4Exception.Corrupted($"directory {dir.Number} has no '..'");
+        entries[i] = entries[i] with { Ino = parent };
+        WriteLeaf(phys, entries, dotFirst);
+    }
+
     /// <summary>Writes block 0 of a new directory: "." and "..".</summary>
     public void InitEmpty(uint parent)
     {

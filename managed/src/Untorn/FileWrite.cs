@@ -126,6 +126,9 @@ public sealed partial class Ext4Fs
         _write?.Transactions.Commit();
     }
 
+    /// <summary>sync(2): commits the running transaction (a no-op when nothing was written).</summary>
+    public void Sync() => _write?.Transactions.Commit();
+
     private ulong MaxFileSize => (1UL << 32) * (ulong)Super.BlockSize - 1;
 
     private void WriteData(WriteState ws, uint ino, byte[] data, long offset)

@@ -91,6 +91,137 @@ public sealed partial class Ext4Fs
         h.Complete();
     }
 
+    /// <summary>link(2): a second name for a file (not a directory).</summary>
+    public void Link(ReadOnlySpan<byte> oldPath, ReadOnlySpan<byte> newPath)
+    {
+        var (parentPath, name) = SplitLast(newPath);
+        var oldBytes = oldPath.ToArray();
+        var ws = Writer;
+        using var h = ws.Transactions.Start();
+        var target = Namei.Resolve(this, ReadInode(RootIno), oldBytes, followLast: false);
+        if (target.IsDir) throw new Ext4Exception(Errno.EPERM, "hard links to directories are not allowed");
+        if (target.LinksCount >= 65000) throw new Ext4Exception(Errno.EMLINK, "too many links");
+        var parentInode = Namei.Resolve(this, ReadInode(RootIno), parentPath, followLast: true);
+        if (!parentInode.IsDir) throw new Ext4Exception(Errno.ENOTDIR, "parent is not a directory");
+        if (LookupIn(parentInode, name) != 0) throw new Ext4Exception(Errno.EEXIST, "file exists");
+        CheckWritableDir(parentInode);
+        var parent = InodeBuffer.Load(this, parentInode.Number);
+        new DirWriter(this, h, parent, ws.Allocator).Add(name, target.Number, DirFileType.FromMode(target.Mode));
+        Touch(parent);
+        parent.Save(h, this);
+        var inode = InodeBuffer.Load(this, target.Number);
+        inode.LinksCount++;
+        inode.SetTime(0x0C, 0x84, DateTimeOffset.UtcNow);
+        inode.Save(h, this);
+        h.Complete();
+    }
+
+    /// <summary>symlink(2): targets under 60 bytes live in the inode (fast), longer ones in a data block.</summary>
+    public void Symlink(ReadOnlySpan<byte> target, ReadOnlySpan<byte> linkPath)
+    {
+        if (target.Length == 0) throw new Ext4Exception(Errno.ENOENT, "empty symlink target");
+        if (target.Length >= Super.BlockSize) throw new Ext4Exception(Errno.ENAMETOOLONG, "symlink target longer than a block");
+        var (parentPath, name) = SplitLast(linkPath);
+        var targetBytes = target.ToArray();
+        var ws = Writer;
+        using var h = ws.Transactions.Start();
+        var parentInode = Namei.Resolve(this, ReadInode(RootIno), parentPath, followLast: true);
+        if (!parentInode.IsDir) throw new Ext4Exception(Errno.ENOTDIR, "parent is not a directory");
+        if (LookupIn(parentInode, name) != 0) throw new Ext4Exception(Errno.EEXIST, "file exists");
+        CheckWritableDir(parentInode);
+        uint ino = InodeBitmaps.Allocate(h, parentInode.Number, isDir: false);
+        Superblock.AddFreeCounts(h, Super.BlockSize, 0, -1);
+        var inode = InodeBuffer.CreateNew(this, ino, (ushort)(InodeMode.Symlink | 0x1FF));
+        inode.Size = (ulong)targetBytes.Length;
+        if (targetBytes.Length < Inode.BlockArraySize)
+            targetBytes.CopyTo(inode.BlockArray); // fast symlink: no blocks, no extent flag
+        else
+        {
+            var tree = new ExtentTree(this, h, inode, ws.Allocator);
+            tree.InitEmpty();
+            var (cluster, _) = ws.Allocator.AllocateData(h, ino, 0, 1, 1, 0);
+            var block = new byte[Super.BlockSize];
+            targetBytes.CopyTo(block, 0);
+            Device.Write((long)cluster * Super.BlockSize, block);
+            tree.Insert(new Extent(0, 1, cluster, false));
+            inode.Sectors += (ulong)Super.BlockSize / 512;
+        }
+        inode.Save(h, this);
+        var parent = InodeBuffer.Load(this, parentInode.Number);
+        new DirWriter(this, h, parent, ws.Allocator).Add(name, ino, DirFileType.Symlink);
+        Touch(parent);
+        parent.Save(h, this);
+        h.Complete();
+    }
+
+    /// <summary>rename(2), replacing an existing target the way the kernel does (a file by a file, an empty directory by a directory).</summary>
+    public void Rename(ReadOnlySpan<byte> oldPath, ReadOnlySpan<byte> newPath)
+    {
+        var (oldParentPath, oldName) = SplitLast(oldPath);
+        var (newParentPath, newName) = SplitLast(newPath);
+        var ws = Writer;
+        using var h = ws.Transactions.Start();
+        var root = ReadInode(RootIno);
+        var oldParentInode = Namei.Resolve(this, root, oldParentPath, followLast: true);
+        var newParentInode = Namei.Resolve(this, root, newParentPath, followLast: true);
+        if (!oldParentInode.IsDir || !newParentInode.IsDir) throw new Ext4Exception(Errno.ENOTDIR, "parent is not a directory");
+        uint ino = LookupIn(oldParentInode, oldName);
+        if (ino == 0) throw new Ext4Exception(Errno.ENOENT, "no such file or directory");
+        CheckWritableDir(oldParentInode);
+        CheckWritableDir(newParentInode);
+        var moving = InodeBuffer.Load(this, ino);
+        bool isDir = moving.Parsed.IsDir;
+        uint existing = LookupIn(newParentInode, newName);
+        if (existing == ino) { h.Complete(); return; } // the same file: nothing to do
+        if (isDir)
+            for (uint a = newParentInode.Number; ; )
+            {
+                if (a == ino) throw new Ext4Exception(Errno.EINVAL, "a directory cannot move into itself");
+                if (a == RootIno) break;
+                a = ParentOf(ReadInode(a));
+            }
+        bool sameParent = oldParentInode.Number == newParentInode.Number;
+        var newParent = InodeBuffer.Load(this, newParentInode.Number);
+        var oldParent = sameParent ? newParent : InodeBuffer.Load(this, oldParentInode.Number);
+        var newDir = new DirWriter(this, h, newParent, ws.Allocator);
+        if (existing != 0)
+        {
+            var victim = InodeBuffer.Load(this, existing);
+            bool victimDir = victim.Parsed.IsDir;
+            if (isDir && !victimDir) throw new Ext4Exception(Errno.ENOTDIR, "not a directory");
+            if (!isDir && victimDir) throw new Ext4Exception(Errno.EISDIR, "is a directory");
+            if (victimDir && !new DirWriter(this, h, victim, ws.Allocator).IsEmpty()) throw new Ext4Exception(Errno.ENOTEMPTY, "directory not empty");
+            newDir.Remove(newName);
+            if (victimDir && newParent.LinksCount > 2) newParent.LinksCount--;
+            victim.LinksCount = victimDir ? (ushort)0 : (ushort)(victim.LinksCount - 1);
+            victim.SetTime(0x0C, 0x84, DateTimeOffset.UtcNow);
+            if (victim.LinksCount == 0 && !Files.IsOpen(existing)) FreeInode(h, ws, victim, victimDir);
+            else
+            {
+                if (victim.LinksCount == 0) lock (_unlinkedWhileOpen) _unlinkedWhileOpen.Add(existing);
+                victim.Save(h, this);
+            }
+        }
+        newDir.Add(newName, ino, DirFileType.FromMode(moving.Mode));
+        new DirWriter(this, h, oldParent, ws.Allocator).Remove(oldName);
+        if (isDir && !sameParent)
+        {
+            new DirWriter(this, h, moving, ws.Allocator).SetParent(newParent.Number);
+            if (oldParent.LinksCount > 2) oldParent.LinksCount--;
+            newParent.LinksCount = newParent.LinksCount == 1 || newParent.LinksCount >= 65000 ? (ushort)1 : (ushort)(newParent.LinksCount + 1);
+        }
+        moving.SetTime(0x0C, 0x84, DateTimeOffset.UtcNow);
+        moving.Save(h, this);
+        Touch(newParent);
+        newParent.Save(h, this);
+        if (!sameParent)
+        {
+            Touch(oldParent);
+            oldParent.Save(h, this);
+        }
+        h.Complete();
+    }
+
     /// <summary>The last descriptor of an unlinked file closed: its space is freed now.</summary>
     internal void ReleaseIfUnlinked(uint ino)
     {
@@ -119,6 +250,19 @@ public sealed partial class Ext4Fs
         inode.Save(h, this);
         InodeBitmaps.Mark(h, inode.Number, used: false, isDir);
         Superblock.AddFreeCounts(h, Super.BlockSize, 0, 1);
+    }
+
+    // ".." is the second entry of block 0 in linear and indexed directories alike ("." takes 12 bytes).
+    private uint ParentOf(Inode dir)
+    {
+        if (dir.HasInlineData) return System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(dir.BlockArray);
+        var run = BlockMapper.For(this, dir).Map(0, 1);
+        if (run.IsHole) throw Ext4Exception.Corrupted($"directory {dir.Number} has no block 0");
+        var b = new byte[16];
+        Device.Read((long)run.Physical * Super.BlockSize, b);
+        uint parent = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(12));
+        if (parent == 0 || parent > Super.InodesCount) throw Ext4Exception.Corrupted($"directory {dir.Number}: bad '..'");
+        return parent;
     }
 
     private void CheckWritableDir(Inode dir)

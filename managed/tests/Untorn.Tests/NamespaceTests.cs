@@ -27,13 +27,14 @@ public class NamespaceTests
         var dirs = new List<string> { "/", "/small", "/bigdir" };
         var created = new HashSet<string>();
         var removed = new List<string>();
+        var symlinks = new Dictionary<string, string>();
         try
         {
             using (var fs = Ext4Fs.Open(image))
             {
-                for (int step = 0; step < 700; step++)
+                for (int step = 0; step < 900; step++)
                 {
-                    int op = rng.Next(10);
+                    int op = rng.Next(14);
                     var parent = dirs[rng.Next(dirs.Count)];
                     string Child(string p) => (p == "/" ? "" : p) + "/n" + step + "-" + new string('x', rng.Next(0, 60));
                     if (op < 6)
@@ -64,9 +65,51 @@ public class NamespaceTests
                         removed.Add(victim);
                         Assert.Equal(Errno.ENOENT, Assert.Throws<Ext4Exception>(() => fs.Open(B(victim), OpenFlags.RdOnly, 0)).Errno);
                     }
+                    else if (op == 10 && files.Count > 0)
+                    {
+                        var src = files.Keys.ElementAt(rng.Next(files.Count));
+                        var dst = Child(parent);
+                        fs.Link(B(src), B(dst));
+                        files[dst] = files[src];
+                    }
+                    else if (op == 11)
+                    {
+                        var path = Child(parent);
+                        var target = "t/" + new string((char)('a' + rng.Next(26)), rng.Next(1, 200)); // fast and slow symlinks
+                        fs.Symlink(B(target), B(path));
+                        symlinks[path] = target;
+                    }
+                    else if (op == 12 && files.Count > 0)
+                    {
+                        // rename a file, sometimes over another file
+                        var src = files.Keys.ElementAt(rng.Next(files.Count));
+                        var dst = rng.Next(3) == 0 && files.Count > 1 ? files.Keys.Where(k => k != src).ElementAt(rng.Next(files.Count - 1)) : Child(parent);
+                        fs.Rename(B(src), B(dst));
+                        files[dst] = files[src];
+                        files.Remove(src);
+                        removed.Add(src);
+                        removed.Remove(dst);
+                    }
+                    else if (op == 13)
+                    {
+                        // move a created directory (and everything below it) under another directory
+                        var movable = dirs.Where(created.Contains).ToList();
+                        if (movable.Count == 0) continue;
+                        var d = movable[rng.Next(movable.Count)];
+                        var dest = dirs.Where(x => x != d && !x.StartsWith(d + "/")).ElementAt(rng.Next(dirs.Count(x => x != d && !x.StartsWith(d + "/"))));
+                        var nd = Child(dest);
+                        fs.Rename(B(d), B(nd));
+                        string Move(string p) => p == d ? nd : p.StartsWith(d + "/") ? nd + p[d.Length..] : p;
+                        foreach (var k in files.Keys.ToList()) if (Move(k) != k) { files[Move(k)] = files[k]; files.Remove(k); }
+                        foreach (var k in symlinks.Keys.ToList()) if (Move(k) != k) { symlinks[Move(k)] = symlinks[k]; symlinks.Remove(k); }
+                        for (int i = 0; i < dirs.Count; i++) dirs[i] = Move(dirs[i]);
+                        created = created.Select(Move).ToHashSet();
+                        removed.Add(d);
+                        Assert.Equal(Errno.EINVAL, Assert.Throws<Ext4Exception>(() => fs.Rename(B(nd), B(nd + "/inside"))).Errno);
+                    }
                     else
                     {
-                        var empty = dirs.Where(d => created.Contains(d) && !files.Keys.Any(f => f.StartsWith(d + "/")) && !dirs.Any(x => x.StartsWith(d + "/"))).ToList();
+                        var empty = dirs.Where(d => created.Contains(d) && !files.Keys.Any(f => f.StartsWith(d + "/")) && !symlinks.Keys.Any(f => f.StartsWith(d + "/")) && !dirs.Any(x => x.StartsWith(d + "/"))).ToList();
                         if (empty.Count == 0) continue;
                         var d = empty[rng.Next(empty.Count)];
                         fs.Rmdir(B(d));
@@ -88,15 +131,18 @@ public class NamespaceTests
             Assert.True(rc == 0, $"{config} seed {seed}: e2fsck -fn exit {rc}\n{output}");
             using (var ro = Ext4Fs.Open(image, new OpenOptions { ReadOnly = true }))
             {
-                foreach (var (path, content) in files)
+                // debugfs (a process each) on a sample; the kernel walk below reads every file
+                foreach (var (path, content) in files.OrderBy(_ => rng.Next()).Take(40))
                 {
                     var got = Debugfs(image, path);
                     Assert.True(got.AsSpan().SequenceEqual(content), $"{config}: debugfs reads {path} differently");
                 }
-                foreach (var path in removed)
+                foreach (var (path, target) in symlinks)
+                    Assert.Equal(target, Encoding.UTF8.GetString(ro.ReadLink(AtFlags.Root, B(path))));
+                foreach (var path in removed.Where(r => !files.ContainsKey(r) && !dirs.Contains(r) && !symlinks.ContainsKey(r)))
                     Assert.Equal(Errno.ENOENT, Assert.Throws<Ext4Exception>(() => ro.Statx(AtFlags.Root, B(path), 0, StatxMask.BasicStats)).Errno);
             }
-            KernelSeesModel(image, files, dirs, removed, config);
+            KernelSeesModel(image, files, dirs, removed.Where(r => !files.ContainsKey(r) && !dirs.Contains(r) && !symlinks.ContainsKey(r)).ToList(), config, symlinks);
         }
         finally { File.Delete(image); }
     }
@@ -113,7 +159,7 @@ public class NamespaceTests
         finally { File.Delete(tmp); }
     }
 
-    private static void KernelSeesModel(string image, Dictionary<string, byte[]> files, List<string> dirs, List<string> removed, string config)
+    private static void KernelSeesModel(string image, Dictionary<string, byte[]> files, List<string> dirs, List<string> removed, string config, Dictionary<string, string> symlinks)
     {
         if (Environment.UserName != "root") return;
         var mnt = image + ".mnt";
@@ -127,6 +173,7 @@ public class NamespaceTests
                     Assert.True(File.ReadAllBytes(mnt + path).AsSpan().SequenceEqual(content), $"{config}: the kernel reads {path} differently");
                 foreach (var d in dirs) Assert.True(Directory.Exists(mnt + d), $"{config}: the kernel does not see {d}");
                 foreach (var r in removed) Assert.False(Path.Exists(mnt + r), $"{config}: the kernel still sees {r}");
+                foreach (var (p, t) in symlinks) Assert.Equal(t, new FileInfo(mnt + p).LinkTarget);
                 // a full listing of the htree directory through the kernel's own index lookup
                 Assert.Equal(Directory.GetFileSystemEntries(mnt + "/bigdir").Length, Directory.GetFileSystemEntries(mnt + "/bigdir").Distinct().Count());
             }
