@@ -43,6 +43,16 @@ extern "C" {
 #define UNTORN_STATX_DIO_READ_ALIGN    0x20000u  /* stx_dio_read_offset_align. */
 #define UNTORN_STATX_ATTR_WRITE_ATOMIC 0x400000u  /* stx_attributes bit: the file supports atomic writes. */
 
+/* untorn_fiemap extent flags (the FIEMAP_EXTENT_* values). */
+#define UNTORN_EXTENT_LAST      0x1u  /* The file's last extent. */
+#define UNTORN_EXTENT_UNWRITTEN 0x800u  /* Allocated but not written: reads as zeros. */
+
+/* untorn_fallocate modes (the FALLOC_FL_* values) and untorn_alloc_aligned flags. */
+#define UNTORN_FALLOC_KEEP_SIZE  0x1  /* fallocate: do not change the file size. */
+#define UNTORN_FALLOC_PUNCH_HOLE 0x2  /* fallocate: free the range (with UNTORN_FALLOC_KEEP_SIZE). */
+#define UNTORN_FALLOC_ZERO_RANGE 0x10  /* fallocate: make the range read as zeros, keeping it allocated. */
+#define UNTORN_ALLOC_KEEP_SIZE   0x1  /* untorn_alloc_aligned: do not change the file size. */
+
 struct untorn_fs;
 
 /* Options for untorn_open_image. Set size = sizeof(struct untorn_open_opts); a NULL opts means defaults. */
@@ -103,11 +113,20 @@ struct untorn_dirent {
 	char d_name[256];                        /* NUL-terminated name. */
 };
 
+/* One mapping reported by untorn_fiemap, in bytes. */
+struct untorn_extent {
+	uint64_t fe_logical;                     /* Byte offset in the file. */
+	uint64_t fe_physical;                    /* Byte address on the device (image). */
+	uint64_t fe_length;                      /* Length in bytes. */
+	uint32_t fe_flags;                       /* UNTORN_EXTENT_* flags. */
+	uint32_t fe_reserved;
+};
+
 /* Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL. */
 int untorn_open_image(const char *path, const struct untorn_open_opts *opts, struct untorn_fs **fsp);
 /* Close an image and every descriptor opened on it. */
 int untorn_close_image(struct untorn_fs *fs);
-/* Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values. */
+/* Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values (O_CREAT and O_EXCL create a regular file with mode). */
 int untorn_open(struct untorn_fs *fs, const char *path, int flags, unsigned mode);
 /* Close a descriptor. */
 int untorn_close(struct untorn_fs *fs, int fd);
@@ -123,6 +142,20 @@ ssize_t untorn_pwritev2(struct untorn_fs *fs, int fd, const struct iovec *iov, i
 int untorn_fsync(struct untorn_fs *fs, int fd);
 /* fdatasync(2): like untorn_fsync (data and the metadata needed to read it are committed together). */
 int untorn_fdatasync(struct untorn_fs *fs, int fd);
+/* mkdir(2): create a directory at path (resolved from the image root) with the given permission bits. */
+int untorn_mkdir(struct untorn_fs *fs, const char *path, unsigned mode);
+/* unlink(2): remove a name; the file's space is freed once no descriptor has it open. */
+int untorn_unlink(struct untorn_fs *fs, const char *path);
+/* rmdir(2): remove an empty directory. */
+int untorn_rmdir(struct untorn_fs *fs, const char *path);
+/* ftruncate(2): set the file size; blocks past it are freed. */
+int untorn_ftruncate(struct untorn_fs *fs, int fd, int64_t length);
+/* fallocate(2): mode 0 or UNTORN_FALLOC_KEEP_SIZE reserve (unwritten) blocks; PUNCH_HOLE frees; ZERO_RANGE zeroes. */
+int untorn_fallocate(struct untorn_fs *fs, int fd, int mode, int64_t offset, int64_t length);
+/* Reserve unwritten blocks for [off, off+len) so that each align_bytes unit is one physically contiguous, align_bytes-aligned run (all or nothing; -EINVAL for a unit already mapped otherwise). */
+int untorn_alloc_aligned(struct untorn_fs *fs, int fd, int64_t off, int64_t len, unsigned align_bytes, unsigned flags);
+/* The extents overlapping [off, off+len): up to max into out, *count set to how many there are in all. */
+int untorn_fiemap(struct untorn_fs *fs, int fd, int64_t off, int64_t len, struct untorn_extent *out, unsigned max, unsigned *count);
 /* statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself. */
 int untorn_statx(struct untorn_fs *fs, int dirfd, const char *path, int flags, unsigned mask, struct untorn_statx *out);
 /* Read up to max entries of the directory open on fd, from its position; returns the count, 0 at the end. */

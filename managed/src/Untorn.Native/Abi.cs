@@ -148,3 +148,43 @@ public static class StatxConstants
     /// <summary>stx_attributes bit: the file supports atomic writes.</summary>
     public const uint UNTORN_STATX_ATTR_WRITE_ATOMIC = 0x400000;
 }
+
+/// <summary>One mapping reported by untorn_fiemap, in bytes.</summary>
+[CStruct("untorn_extent")]
+[StructLayout(LayoutKind.Sequential)]
+public struct UntornExtent
+{
+    /// <summary>Byte offset in the file.</summary>
+    public ulong fe_logical;
+    /// <summary>Byte address on the device (image).</summary>
+    public ulong fe_physical;
+    /// <summary>Length in bytes.</summary>
+    public ulong fe_length;
+    /// <summary>UNTORN_EXTENT_* flags.</summary>
+    public uint fe_flags;
+    public uint fe_reserved;
+}
+
+/// <summary>untorn_fiemap extent flags (the FIEMAP_EXTENT_* values).</summary>
+[CConstants]
+public static class ExtentFlagConstants
+{
+    /// <summary>The file's last extent.</summary>
+    public const uint UNTORN_EXTENT_LAST = 0x1;
+    /// <summary>Allocated but not written: reads as zeros.</summary>
+    public const uint UNTORN_EXTENT_UNWRITTEN = 0x800;
+}
+
+/// <summary>untorn_fallocate modes (the FALLOC_FL_* values) and untorn_alloc_aligned flags.</summary>
+[CConstants]
+public static class AllocConstants
+{
+    /// <summary>fallocate: do not change the file size.</summary>
+    public const int UNTORN_FALLOC_KEEP_SIZE = 0x1;
+    /// <summary>fallocate: free the range (with UNTORN_FALLOC_KEEP_SIZE).</summary>
+    public const int UNTORN_FALLOC_PUNCH_HOLE = 0x2;
+    /// <summary>fallocate: make the range read as zeros, keeping it allocated.</summary>
+    public const int UNTORN_FALLOC_ZERO_RANGE = 0x10;
+    /// <summary>untorn_alloc_aligned: do not change the file size.</summary>
+    public const int UNTORN_ALLOC_KEEP_SIZE = 0x1;
+}

@@ -45,7 +45,7 @@ public static unsafe class Exports
         catch (Exception e) { return ErrnoMapper.Of(e); }
     }
 
-    /// <summary>Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values.</summary>
+    /// <summary>Open a path of the image (resolved from its root); returns a descriptor. flags are Linux O_* values (O_CREAT and O_EXCL create a regular file with mode).</summary>
     [UnmanagedCallersOnly(EntryPoint = "untorn_open")]
     public static int Open(UntornFs* fs, [CType("const char *")] byte* path, int flags, uint mode)
     {
@@ -149,6 +149,101 @@ public static unsafe class Exports
         try
         {
             Handles.Get(fs).Fsync(fd);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>mkdir(2): create a directory at path (resolved from the image root) with the given permission bits.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_mkdir")]
+    public static int Mkdir(UntornFs* fs, [CType("const char *")] byte* path, uint mode)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Mkdir(Bytes(path), mode);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>unlink(2): remove a name; the file's space is freed once no descriptor has it open.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_unlink")]
+    public static int Unlink(UntornFs* fs, [CType("const char *")] byte* path)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Unlink(Bytes(path));
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>rmdir(2): remove an empty directory.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_rmdir")]
+    public static int Rmdir(UntornFs* fs, [CType("const char *")] byte* path)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Rmdir(Bytes(path));
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>ftruncate(2): set the file size; blocks past it are freed.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_ftruncate")]
+    public static int Ftruncate(UntornFs* fs, int fd, long length)
+    {
+        try
+        {
+            Handles.Get(fs).Ftruncate(fd, length);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>fallocate(2): mode 0 or UNTORN_FALLOC_KEEP_SIZE reserve (unwritten) blocks; PUNCH_HOLE frees; ZERO_RANGE zeroes.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fallocate")]
+    public static int Fallocate(UntornFs* fs, int fd, int mode, long offset, long length)
+    {
+        try
+        {
+            Handles.Get(fs).Fallocate(fd, mode, offset, length);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>Reserve unwritten blocks for [off, off+len) so that each align_bytes unit is one physically contiguous, align_bytes-aligned run (all or nothing; -EINVAL for a unit already mapped otherwise).</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_alloc_aligned")]
+    public static int AllocAligned(UntornFs* fs, int fd, long off, long len, uint align_bytes, uint flags)
+    {
+        try
+        {
+            Handles.Get(fs).AllocAligned(fd, off, len, align_bytes, flags);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>The extents overlapping [off, off+len): up to max into out, *count set to how many there are in all.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fiemap")]
+    public static int Fiemap(UntornFs* fs, int fd, long off, long len, UntornExtent* @out, uint max, uint* count)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (count == null || (@out == null && max != 0)) return -Errno.EFAULT;
+            var list = f.Fiemap(fd, off, len);
+            for (int i = 0; i < list.Count && i < max; i++)
+                @out[i] = new UntornExtent { fe_logical = list[i].Logical, fe_physical = list[i].Physical, fe_length = list[i].Length, fe_flags = list[i].Flags };
+            *count = (uint)list.Count;
             return 0;
         }
         catch (Exception e) { return ErrnoMapper.Of(e); }

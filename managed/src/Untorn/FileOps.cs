@@ -41,8 +41,10 @@ public sealed partial class Ext4Fs
         }
         catch (Ext4Exception e) when (e.Errno == Errno.ENOENT && (flags & OpenFlags.Creat) != 0 && !pathOnly)
         {
-            throw new Ext4Exception(ReadOnly ? Errno.EROFS : Errno.EOPNOTSUPP,
-                ReadOnly ? "read-only image" : "creating files needs the write engine");
+            if (ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
+            if (path.Length > 0 && path[^1] == (byte)'/') throw new Ext4Exception(Errno.EISDIR, "O_CREAT of a name ending in /");
+            inode = ReadInode(Create(path, mode, exclusive: (flags & OpenFlags.Excl) != 0));
+            return Files.Add(new OpenFile(inode, flags));
         }
         if (!pathOnly)
         {
@@ -55,7 +57,12 @@ public sealed partial class Ext4Fs
                 throw new Ext4Exception(Errno.EISDIR, "is a directory");
             if (writes && ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
             if ((flags & OpenFlags.Trunc) != 0 && inode.IsRegular && inode.Size != 0)
-                throw new Ext4Exception(Errno.EOPNOTSUPP, "truncating needs the write engine");
+            {
+                if (!inode.HasExtents || inode.HasInlineData || Super.HasBigalloc)
+                    throw new Ext4Exception(Errno.EOPNOTSUPP, "truncating inline, indirect-mapped or bigalloc files is not supported yet");
+                Truncate(inode.Number, 0);
+                inode = ReadInode(inode.Number);
+            }
             if ((flags & OpenFlags.Direct) != 0 && inode.IsRegular && Getattr.DioAlignment(this, inode) == 0)
                 throw new Ext4Exception(Errno.EINVAL, "O_DIRECT is not supported on this file");
         }
@@ -64,7 +71,12 @@ public sealed partial class Ext4Fs
         return Files.Add(new OpenFile(inode, flags));
     }
 
-    public void Close(int fd) => Files.Remove(fd);
+    public void Close(int fd)
+    {
+        uint ino = Files.Get(fd).Inode.Number;
+        Files.Remove(fd);
+        if (!ReadOnly) ReleaseIfUnlinked(ino);
+    }
 
     /// <summary>pread(2): bytes read, 0 at end of file.</summary>
     public int Pread(int fd, Span<byte> buffer, long offset, ulong bufferAddress = 0)

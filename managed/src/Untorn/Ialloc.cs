@@ -55,4 +55,29 @@ internal sealed class InodeBitmaps(IBlockDevice dev, Superblock sb, GroupDescTab
     /// <summary>bg_inode_bitmap_csum: crc32c over InodesPerGroup bits.</summary>
     public uint Checksum(ReadOnlySpan<byte> bitmap) =>
         Crc.Crc32c(sb.CsumSeed, bitmap[..(int)(sb.InodesPerGroup / 8)]);
+
+    /// <summary>
+    /// Picks and marks a free inode (the find_group_other / find_group_orlov idea, simplified):
+    /// files start at their parent's group, directories at the next one so they spread; the first
+    /// group with a free inode wins, skipping the reserved inodes below s_first_ino.
+    /// </summary>
+    public uint Allocate(TransactionManager.Handle h, uint parentIno, bool isDir)
+    {
+        uint count = sb.GroupCount;
+        uint start = ((parentIno - 1) / sb.InodesPerGroup + (isDir ? 1u : 0u)) % count;
+        for (uint i = 0; i < count; i++)
+        {
+            uint g = (start + i) % count;
+            if (groups.Get(g).FreeInodesCount == 0) continue;
+            var bits = new BitSpan(Read(g));
+            for (uint idx = 0; idx < sb.InodesPerGroup; idx++)
+            {
+                uint ino = g * sb.InodesPerGroup + idx + 1;
+                if (ino < sb.FirstIno || bits.Get(idx)) continue;
+                Mark(h, ino, used: true, isDir);
+                return ino;
+            }
+        }
+        throw new Ext4Exception(Errno.ENOSPC, "no free inode");
+    }
 }

@@ -30,6 +30,26 @@ internal sealed class InodeBuffer
         return new InodeBuffer(ino, raw, fs.Super);
     }
 
+    /// <summary>
+    /// A freshly allocated inode: zeroed, then mode, one link, the time now in every stamp, room
+    /// for the extra fields (i_extra_isize 32, as the kernel's s_want_extra_isize), a random
+    /// generation (the checksum seed and NFS handles depend on it).
+    /// </summary>
+    public static InodeBuffer CreateNew(Ext4Fs fs, uint ino, ushort mode)
+    {
+        var b = new InodeBuffer(ino, new byte[fs.Super.InodeSize], fs.Super);
+        b.Mode = mode;
+        b.LinksCount = 1;
+        if (b.Raw.Length > Inode.GoodOldSize) BinaryPrimitives.WriteUInt16LittleEndian(b.Raw.AsSpan(0x80), 32);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.Raw.AsSpan(0x64), (uint)Random.Shared.Next());
+        var now = DateTimeOffset.UtcNow;
+        b.SetTime(0x08, 0x8C, now);
+        b.SetTime(0x0C, 0x84, now);
+        b.SetTime(0x10, 0x88, now);
+        if (b.Raw.Length >= 0x98) b.SetTime(0x90, 0x94, now); // i_crtime lives in the extra fields
+        return b;
+    }
+
     /// <summary>Writes the inode into its inode-table block inside the handle, checksum updated.</summary>
     public void Save(TransactionManager.Handle h, Ext4Fs fs)
     {

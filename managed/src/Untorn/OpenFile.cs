@@ -41,6 +41,12 @@ internal sealed class OpenFileTable
         }
     }
 
+    /// <summary>Whether any descriptor refers to inode <paramref name="ino"/>.</summary>
+    public bool IsOpen(uint ino)
+    {
+        lock (_lock) return _files.Any(f => f != null && f.Inode.Number == ino);
+    }
+
     public OpenFile Get(int fd)
     {
         lock (_lock)

@@ -84,6 +84,7 @@ public sealed class Superblock
     public bool HasHugeFile => (FeatureRoCompat & Features.RoCompatHugeFile) != 0;
     public bool HasMetaBg => (FeatureIncompat & Features.IncompatMetaBg) != 0;
     public bool HasInlineData => (FeatureIncompat & Features.IncompatInlineData) != 0;
+    public bool HasDirNlink => (FeatureRoCompat & Features.RoCompatDirNlink) != 0;
     public bool HasLargeDir => (FeatureIncompat & Features.IncompatLargeDir) != 0;
     public bool NeedsRecovery => (FeatureIncompat & Features.IncompatRecover) != 0;
     /// <summary>s_flags bit 0x2: directory hashes use unsigned chars (0x1: signed).</summary>

@@ -1,0 +1,152 @@
+namespace Untorn;
+
+// create, mkdir, unlink, rmdir (fs/ext4/namei.c): each one metadata handle — inode and bitmap,
+// directory entry, parent times and link count — so it is all in one journal transaction.
+public sealed partial class Ext4Fs
+{
+    private readonly HashSet<uint> _unlinkedWhileOpen = [];
+
+    /// <summary>Creates a regular file (O_CREAT); returns its inode number, or the existing one unless exclusive.</summary>
+    public uint Create(ReadOnlySpan<byte> path, uint mode, bool exclusive) =>
+        MakeNode(path, (ushort)(InodeMode.Regular | (mode & 0xFFF)), exclusive);
+
+    /// <summary>mkdir(2).</summary>
+    public void Mkdir(ReadOnlySpan<byte> path, uint mode) => MakeNode(path, (ushort)(InodeMode.Dir | (mode & 0xFFF)), exclusive: true);
+
+    /// <summary>unlink(2): the file's space is freed now, or at the last close when it is still open.</summary>
+    public void Unlink(ReadOnlySpan<byte> path) => RemoveNode(path, dir: false);
+
+    /// <summary>rmdir(2).</summary>
+    public void Rmdir(ReadOnlySpan<byte> path) => RemoveNode(path, dir: true);
+
+    private uint MakeNode(ReadOnlySpan<byte> path, ushort mode, bool exclusive)
+    {
+        var (parentPath, name) = SplitLast(path);
+        bool isDir = (mode & InodeMode.TypeMask) == InodeMode.Dir;
+        var ws = Writer;
+        using var h = ws.Transactions.Start();
+        var parentInode = Namei.Resolve(this, ReadInode(RootIno), parentPath, followLast: true);
+        if (!parentInode.IsDir) throw new Ext4Exception(Errno.ENOTDIR, "parent is not a directory");
+        uint existing = LookupIn(parentInode, name);
+        if (existing != 0)
+        {
+            if (exclusive || isDir) throw new Ext4Exception(Errno.EEXIST, "file exists");
+            h.Complete();
+            return existing;
+        }
+        CheckWritableDir(parentInode);
+        if (isDir && parentInode.LinksCount >= 65000 && !Super.HasDirNlink)
+            throw new Ext4Exception(Errno.EMLINK, "too many links");
+
+        uint ino = InodeBitmaps.Allocate(h, parentInode.Number, isDir);
+        Superblock.AddFreeCounts(h, Super.BlockSize, 0, -1);
+        var inode = InodeBuffer.CreateNew(this, ino, mode);
+        new ExtentTree(this, h, inode, ws.Allocator).InitEmpty();
+        var parent = InodeBuffer.Load(this, parentInode.Number);
+        if (isDir)
+        {
+            inode.LinksCount = 2;
+            new DirWriter(this, h, inode, ws.Allocator).InitEmpty(parent.Number);
+            // dir_nlink: past 65000 subdirectories the parent's count sticks at 1 ("many").
+            parent.LinksCount = parent.LinksCount >= 65000 || parent.LinksCount == 1 ? (ushort)1 : (ushort)(parent.LinksCount + 1);
+        }
+        inode.Save(h, this);
+        new DirWriter(this, h, parent, ws.Allocator).Add(name, ino, DirFileType.FromMode(mode));
+        Touch(parent);
+        parent.Save(h, this);
+        h.Complete();
+        return ino;
+    }
+
+    private void RemoveNode(ReadOnlySpan<byte> path, bool dir)
+    {
+        var (parentPath, name) = SplitLast(path);
+        var ws = Writer;
+        using var h = ws.Transactions.Start();
+        var parentInode = Namei.Resolve(this, ReadInode(RootIno), parentPath, followLast: true);
+        if (!parentInode.IsDir) throw new Ext4Exception(Errno.ENOTDIR, "parent is not a directory");
+        uint ino = LookupIn(parentInode, name);
+        if (ino == 0) throw new Ext4Exception(Errno.ENOENT, "no such file or directory");
+        var target = InodeBuffer.Load(this, ino);
+        bool isDir = target.Parsed.IsDir;
+        if (dir && !isDir) throw new Ext4Exception(Errno.ENOTDIR, "not a directory");
+        if (!dir && isDir) throw new Ext4Exception(Errno.EISDIR, "is a directory");
+        CheckWritableDir(parentInode);
+        if (isDir && !new DirWriter(this, h, target, ws.Allocator).IsEmpty())
+            throw new Ext4Exception(Errno.ENOTEMPTY, "directory not empty");
+        var parent = InodeBuffer.Load(this, parentInode.Number);
+        new DirWriter(this, h, parent, ws.Allocator).Remove(name);
+        if (isDir && parent.LinksCount > 2) parent.LinksCount--;
+        Touch(parent);
+        parent.Save(h, this);
+
+        target.LinksCount = isDir ? (ushort)0 : (ushort)(target.LinksCount - 1);
+        target.SetTime(0x0C, 0x84, DateTimeOffset.UtcNow);
+        if (target.LinksCount == 0 && !Files.IsOpen(ino)) FreeInode(h, ws, target, isDir);
+        else
+        {
+            if (target.LinksCount == 0) lock (_unlinkedWhileOpen) _unlinkedWhileOpen.Add(ino);
+            target.Save(h, this);
+        }
+        h.Complete();
+    }
+
+    /// <summary>The last descriptor of an unlinked file closed: its space is freed now.</summary>
+    internal void ReleaseIfUnlinked(uint ino)
+    {
+        lock (_unlinkedWhileOpen)
+            if (Files.IsOpen(ino) || !_unlinkedWhileOpen.Remove(ino)) return;
+        var ws = Writer;
+        using var h = ws.Transactions.Start();
+        var target = InodeBuffer.Load(this, ino);
+        FreeInode(h, ws, target, target.Parsed.IsDir);
+        h.Complete();
+    }
+
+    // ext4_evict_inode: the blocks go back (usable after the commit), dtime is set, the bitmap bit clears.
+    private void FreeInode(TransactionManager.Handle h, WriteState ws, InodeBuffer inode, bool isDir)
+    {
+        if (inode.Parsed.HasExtents)
+        {
+            var tree = new ExtentTree(this, h, inode, ws.Allocator);
+            foreach (var e in tree.Remove(0, 1UL << 32))
+                ws.Allocator.Free(h, e.Physical, e.Length);
+        }
+        ws.Allocator.Mballoc.DiscardPreallocations(inode.Number);
+        inode.Size = 0;
+        inode.Sectors = 0;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(inode.Raw.AsSpan(0x14), (uint)DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+        inode.Save(h, this);
+        InodeBitmaps.Mark(h, inode.Number, used: false, isDir);
+        Superblock.AddFreeCounts(h, Super.BlockSize, 0, 1);
+    }
+
+    private void CheckWritableDir(Inode dir)
+    {
+        if (dir.HasInlineData || !dir.HasExtents || Super.HasBigalloc)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, "changing inline, indirect-mapped or bigalloc directories is not supported yet");
+    }
+
+    private uint LookupIn(Inode dir, byte[] name) => Namei.Lookup(this, dir, name);
+
+    private static void Touch(InodeBuffer dir)
+    {
+        var now = DateTimeOffset.UtcNow;
+        dir.SetTime(0x10, 0x88, now);
+        dir.SetTime(0x0C, 0x84, now);
+    }
+
+    // "a/b/c" → ("a/b", "c"); the last component must be a real name.
+    private static (byte[] Parent, byte[] Name) SplitLast(ReadOnlySpan<byte> path)
+    {
+        var p = path.ToArray().AsSpan();
+        while (p.Length > 1 && p[^1] == (byte)'/') p = p[..^1];
+        int slash = p.LastIndexOf((byte)'/');
+        var name = p[(slash + 1)..].ToArray();
+        var parent = slash < 0 ? "/"u8.ToArray() : slash == 0 ? "/"u8.ToArray() : p[..slash].ToArray();
+        if (name.Length == 0 || name is [(byte)'.'] or [(byte)'.', (byte)'.'])
+            throw new Ext4Exception(name.Length == 0 ? Errno.ENOENT : Errno.EINVAL, "invalid final path component");
+        if (name.Length > 255) throw new Ext4Exception(Errno.ENAMETOOLONG, "name too long");
+        return (parent, name);
+    }
+}
