@@ -60,7 +60,7 @@ public sealed partial class Ext4Fs
                     writer = journal;
                 }
                 else writer = new InPlaceCommitWriter(Cache.Inner, Super.BlockSize);
-                var mballoc = new Mballoc(new FsGroupBitmaps(this), (ulong)Super.ClusterSize);
+                var mballoc = new Mballoc(new FsGroupBitmaps(this), (ulong)Super.ClusterSize, (ulong)Super.BlockSize);
                 return _write = new WriteState(new TransactionManager(Cache, writer), new BlockAllocator(this, mballoc), journal, CommitInterval);
             }
         }

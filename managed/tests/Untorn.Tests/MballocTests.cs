@@ -9,7 +9,7 @@ namespace Untorn.Tests;
 /// free space, preallocation and the normalized-then-original fallback; and on real images, where
 /// dumpe2fs must agree the chosen blocks were free and the alignment is absolute.
 /// </summary>
-public class MballocTests
+public partial class MballocTests
 {
     private sealed class SyntheticGroups(ulong firstStart, uint perGroup, bool[] used) : IGroupBitmapSource
     {
@@ -254,6 +254,172 @@ public class MballocTests
             var (s, n) = m.Allocate(new AllocRequest((ulong)(i * 997), (ulong)alignClusters, (ulong)alignClusters));
             Assert.Equal(0UL, s * (ulong)fs.Super.ClusterSize % ((ulong)alignClusters * (ulong)fs.Super.ClusterSize));
             for (ulong c = s; c < s + n; c++) Assert.Contains(c, free);
+        }
+    }
+
+    private static MballocPropertyTests.ModelDisk Disk(ulong firstStart, uint perGroup, int clusters, Func<int, bool>? used = null)
+    {
+        var bits = new bool[clusters];
+        if (used != null) for (int i = 0; i < clusters; i++) bits[i] = used(i);
+        return new MballocPropertyTests.ModelDisk(firstStart, perGroup, bits);
+    }
+
+    /// <summary>
+    /// Groups of 8192 starting at cluster 1 (1 KiB blocks): the group-relative offset 0 is never
+    /// 8192-aligned, and an 8192-aligned cluster is the last of each group.
+    /// </summary>
+    [Fact]
+    public void Allocate_FirstDataBlockOne_AlignmentIsAbsoluteNotGroupRelative()
+    {
+        var m = new Mballoc(Disk(1, 8192, 2 * 8192), 1024);
+        Assert.Equal((4096UL, 4096UL), m.Allocate(new AllocRequest(1, 4096, 4096, Exact: true)));
+        Assert.Equal((12288UL, 4096UL), m.Allocate(new AllocRequest(1, 4096, 4096, Exact: true)));
+        // 4095 free clusters at the start of each group, but no 2048-aligned run of 4096 fits any more.
+        Assert.Equal(Errno.ENOSPC, Assert.Throws<Ext4Exception>(() => m.Allocate(new AllocRequest(1, 4096, 2048, Exact: true))).Errno);
+        var fresh = new Mballoc(Disk(1, 8192, 2 * 8192), 1024);
+        Assert.Equal(Errno.ENOSPC, Assert.Throws<Ext4Exception>(() => fresh.Allocate(new AllocRequest(1, 8192, 8192, Exact: true))).Errno);
+        Assert.Equal((8192UL, 1UL), fresh.Allocate(new AllocRequest(1, 1, 8192, Exact: true)));
+        Assert.Equal((16384UL, 1UL), fresh.Allocate(new AllocRequest(1, 1, 8192, Exact: true)));
+    }
+
+    [Fact]
+    public void Allocate_AlignmentOrLengthBeyondAGroup_Einval()
+    {
+        var m = new Mballoc(Disk(0, 1000, 3000), 4096);
+        Assert.Equal(512UL, m.MaxAlign);
+        Assert.Equal(Errno.EINVAL, Assert.Throws<Ext4Exception>(() => m.Allocate(new AllocRequest(0, 1, 1024, Exact: true))).Errno);
+        Assert.Equal(Errno.EINVAL, Assert.Throws<Ext4Exception>(() => m.Allocate(new AllocRequest(0, 1001, 1, Exact: true))).Errno);
+        Assert.Equal(Errno.EINVAL, Assert.Throws<Ext4Exception>(() => m.Allocate(new AllocRequest(0, 0))).Errno);
+        Assert.Equal(1000UL, m.Allocate(new AllocRequest(0, 5000)).Length); // unaligned: capped at a group, as the kernel does
+    }
+
+    /// <summary>The group index: groups whose descriptor count rules out the chunk are never read.</summary>
+    [Fact]
+    public void Allocate_AlignedAmongThousandGroups_ReadsOnlyGroupsTheIndexOffers()
+    {
+        // Every group has 100 scattered free clusters (no 256-chunk possible) except group 700.
+        var disk = Disk(0, 512, 1000 * 512, i => i / 512 == 700 ? i % 512 < 256 : i % 5 != 0 || i % 512 >= 500);
+        var m = new Mballoc(disk, 4096);
+        var (start, n) = m.Allocate(new AllocRequest(0, 256, 256, Exact: true));
+        Assert.Equal((700UL * 512 + 256, 256UL), (start, n));
+        Assert.InRange(disk.Loads, 1, 2); // the goal's group (tried first) and group 700
+        Assert.Equal(1, m.CriterionHits(Criterion.Power2Aligned));
+    }
+
+    [Fact]
+    public void Allocate_EachCriterion_SatisfiesTheRequestsItIsFor()
+    {
+        var fresh = new Mballoc(Disk(0, 1024, 2048), 4096);
+        Assert.Equal((100UL, 10UL), fresh.Allocate(new AllocRequest(100, 10)));
+        Assert.Equal(1, fresh.CriterionHits(Criterion.Goal));
+        Assert.Equal(0UL, fresh.Allocate(new AllocRequest(105, 16)).Start % 16);
+        Assert.Equal(1, fresh.CriterionHits(Criterion.Power2Aligned));
+        Assert.Equal(10UL, fresh.Allocate(new AllocRequest(105, 10)).Length);
+        Assert.Equal(1, fresh.CriterionHits(Criterion.GoalLenFast));
+
+        // Free runs of 12 between single used clusters: no free 16-chunk anywhere.
+        Func<int, bool> runsOf12 = i => i % 13 == 12;
+        var frag = new Mballoc(Disk(0, 1024, 2048, runsOf12), 4096);
+        Assert.Equal(11UL, frag.Allocate(new AllocRequest(12, 11)).Length);
+        Assert.Equal(1, frag.CriterionHits(Criterion.GoalLenSlow));
+        Assert.Equal(8UL, frag.Allocate(new AllocRequest(12, 64, MinLength: 8)).Length); // trimmed to the best chunk there is
+        Assert.Equal(1, frag.CriterionHits(Criterion.BestAvailLen));
+        Assert.Equal(12UL, frag.Allocate(new AllocRequest(12, 64)).Length); // whatever is free
+        Assert.Equal(1, frag.CriterionHits(Criterion.AnyFree));
+        Assert.Equal(0, frag.CriterionHits(Criterion.Power2Aligned) + frag.CriterionHits(Criterion.GoalLenFast));
+    }
+
+    /// <summary>ext4_mb_normalize_request's table, worked by hand: (block size, logical, length, i_size) -> window.</summary>
+    [Theory]
+    [InlineData(4096, 0, 1, 0, 0, 4)]             // 4 KiB -> 16 KiB
+    [InlineData(4096, 10, 1, 0, 0, 16)]           // 44 KiB -> 64 KiB
+    [InlineData(4096, 0, 1, 100 * 1024, 0, 32)]   // i_size 100 KiB -> 128 KiB
+    [InlineData(4096, 200, 5, 0, 0, 256)]         // 820 KiB -> 1 MiB
+    [InlineData(4096, 300, 1, 0, 0, 512)]         // 1.2 MiB -> a 2 MiB window at 0
+    [InlineData(4096, 1000, 1, 0, 512, 512)]      // 3.9 MiB -> the 2 MiB window holding the request
+    [InlineData(4096, 1500, 1, 0, 1024, 1024)]    // 5.9 MiB -> 4 MiB window at 4 MiB
+    [InlineData(4096, 3000, 1, 0, 2048, 2048)]    // 11.7 MiB -> 8 MiB window at 8 MiB
+    [InlineData(4096, 0, 4096, 0, 0, 2048)]       // 16 MiB request: with 4 KiB blocks NRL_CHECK_SIZE still picks 8 MiB
+    [InlineData(8192, 0, 4096, 0, 0, 4096)]       // ...with 8 KiB blocks a request over 8 MiB is taken as is
+    [InlineData(1024, 2000, 1, 0, 0, 2048)]       // 1 KiB blocks: anything past 1 MiB gets a 2 MiB window
+    [InlineData(1024, 5000, 1, 0, 4096, 2048)]
+    public void NormalizedWindow_KernelSizeClasses_Window(int blockBytes, ulong logical, ulong length, ulong fileSize, ulong start, ulong size)
+    {
+        var m = new Mballoc(Disk(0, 8192, 8192), (ulong)blockBytes);
+        Assert.Equal((start, size), m.NormalizedWindow(logical, length, fileSize));
+    }
+
+    [Fact]
+    public void AllocateForFile_OtherFilesPreallocationHoldsTheSpace_GivenBackBeforeEnospc()
+    {
+        var m = new Mballoc(Disk(0, 256, 256), 4096);
+        Assert.Equal((0UL, 1UL), m.AllocateForFile(new FileAllocRequest(1, 0, 1) { FileSize = 1 << 20 }));
+        Assert.Equal(255UL, m.PreallocationsOf(1).Single().Length); // the 1 MiB window: the whole group
+        Assert.Equal(0, m.FreeClusters());
+        var (s, n) = m.Allocate(new AllocRequest(0, 128, 128, Exact: true));
+        Assert.Equal((128UL, 128UL), (s, n));
+        Assert.Empty(m.PreallocationsOf(1));
+        Assert.Equal(127, m.FreeClusters());
+    }
+
+    [Fact]
+    public void AllocateForFile_AlignedUnits_ServedContiguouslyFromPreallocation()
+    {
+        var disk = Disk(1, 8192, 8192, i => i < 37); // groups start at 1; the first free cluster is 38
+        var m = new Mballoc(disk, 1024);
+        ulong? previous = null;
+        for (ulong unit = 0; unit < 40; unit++)
+        {
+            var (s, n) = m.AllocateForFile(new FileAllocRequest(9, unit * 16, 16, 16, previous + 16 ?? 0) { FileSize = unit * 16 * 1024 });
+            Assert.Equal(16UL, n);
+            Assert.Equal(0UL, s % 16);
+            if (previous != null) Assert.Equal(previous.Value + 16, s);
+            previous = s;
+        }
+        Assert.True(m.CriterionHits(Criterion.GoalLenSlow) + m.CriterionHits(Criterion.GoalLenFast) + m.CriterionHits(Criterion.Power2Aligned) + m.CriterionHits(Criterion.Goal) < 10,
+            "most units came from the preallocation, not from searches");
+        m.DiscardPreallocations(9);
+        Assert.Equal(8192 - 37 - 40 * 16, m.FreeClusters());
+    }
+
+    [Fact]
+    public void AllocateForFile_LeftNeighbour_MergesAfterIt()
+    {
+        var m = new Mballoc(Disk(0, 4096, 4096, i => i < 501), 4096);
+        var (s, n) = m.AllocateForFile(new FileAllocRequest(3, 10, 1) { Left = (9, 500), FileSize = 10 * 4096 });
+        Assert.Equal((501UL, 1UL), (s, n));
+        Assert.Equal((11UL, 502UL), (m.PreallocationsOf(3).Single().Logical, m.PreallocationsOf(3).Single().Physical));
+    }
+
+    [Fact]
+    public void AlignmentInClusters_Bigalloc_BytesBecomeClusters()
+    {
+        var m = new Mballoc(Disk(0, 8192, 8192), 16384, blockBytes: 1024);
+        Assert.Equal(4UL, m.AlignmentInClusters(64 * 1024));
+        Assert.Equal(1UL, m.AlignmentInClusters(4096));
+        Assert.Equal(Errno.EINVAL, Assert.Throws<Ext4Exception>(() => m.AlignmentInClusters(3 * 4096)).Errno);
+    }
+
+    [GeneratedRegex(@"^Group (\d+): .*\n(?:.*\n)*?\s+(\d+) free (?:blocks|clusters),", RegexOptions.Multiline)]
+    private static partial Regex GroupFreeCount();
+
+    /// <summary>The buddy of every group, built from the real bitmaps (BLOCK_UNINIT ones synthesized), against dumpe2fs.</summary>
+    [Theory]
+    [MemberData(nameof(TestImages.ConfigData), MemberType = typeof(TestImages))]
+    public void Buddy_OnRealImage_FreeClustersPerGroupEqualDumpe2fs(string config)
+    {
+        TestImages.Require();
+        using var fs = Ext4Fs.Open(TestImages.ImagePath(config), new OpenOptions { ReadOnly = true });
+        var m = new Mballoc(new FsGroupBitmaps(fs), (ulong)fs.Super.ClusterSize, (ulong)fs.Super.BlockSize);
+        var (rc, dump) = Tools.Run(Tools.RequireTool("dumpe2fs"), [TestImages.ImagePath(config)]);
+        Assert.Equal(0, rc);
+        var groups = GroupFreeCount().Matches(dump);
+        Assert.Equal((int)fs.Super.GroupCount, groups.Count);
+        foreach (Match g in groups)
+        {
+            uint group = uint.Parse(g.Groups[1].Value);
+            Assert.True(long.Parse(g.Groups[2].Value) == m.Buddy(group).FreeCount, $"{config} group {group}: dumpe2fs {g.Groups[2].Value}, buddy {m.Buddy(group).FreeCount}");
+            Assert.Equal(m.Buddy(group).LargestFreeOrder, m.IndexedOrder(group));
         }
     }
 }
