@@ -1,0 +1,267 @@
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace Untorn.Tests;
+
+/// <summary>
+/// Orphans: files unlinked while open, crashed before their last close. The crashed image must
+/// carry the record (dumpe2fs shows it, e2fsck -fy finds the inode through it) and untorn's
+/// recovery at the next read-write open must leave the same free counts as e2fsck -fy and the
+/// kernel's mount leave on copies of the same image, e2fsck-clean. Both on-disk forms: the
+/// s_last_orphan list and the orphan file (mke2fs -O orphan_file).
+/// </summary>
+public class OrphanTests
+{
+    private static byte[] B(string s) => Encoding.UTF8.GetBytes(s);
+    private static readonly OpenOptions NoTimer = new() { CommitInterval = TimeSpan.Zero };
+
+    public static TheoryData<string> Layouts => new(
+        "-b 4096",
+        "-b 1024",
+        "-b 4096 -O ^metadata_csum,^64bit",
+        "-b 4096 -O orphan_file",
+        "-b 1024 -O orphan_file",
+        "-b 4096 -O orphan_file,^metadata_csum");
+
+    private static bool UsesOrphanFile(string mkfs) => mkfs.Contains("orphan_file");
+
+    private sealed class Scratch : IDisposable
+    {
+        public string Dir { get; } = Path.Combine(Path.GetTempPath(), $"untorn-orphan-{Guid.NewGuid():N}");
+        public Scratch() => Directory.CreateDirectory(Dir);
+        public string File(string name) => Path.Combine(Dir, name);
+        public void Dispose() => Directory.Delete(Dir, true);
+    }
+
+    private static byte[] MakeImage(Scratch s, string mkfsArgs, int megabytes = 32)
+    {
+        var path = s.File("base.img");
+        using (var fh = File.Create(path)) fh.SetLength((long)megabytes << 20);
+        var (rc, output) = Tools.Run(Tools.RequireTool("mke2fs"), ["-q", "-F", "-t", "ext4", .. mkfsArgs.Split(' '), path]);
+        if (rc != 0 && mkfsArgs.Contains("orphan_file")) Assert.Skip("this mke2fs cannot make orphan_file (needs e2fsprogs >= 1.47): " + output.Trim());
+        Assert.True(rc == 0, output);
+        return File.ReadAllBytes(path);
+    }
+
+    /// <summary>dumpe2fs -h: the superblock as e2fsprogs reads it.</summary>
+    private static string Header(string image)
+    {
+        var (rc, output) = Tools.Run(Tools.RequireTool("dumpe2fs"), ["-h", image]);
+        Assert.True(rc == 0, output);
+        return output;
+    }
+
+    private static (long Blocks, long Inodes) FreeCounts(string image)
+    {
+        var h = Header(image);
+        return (long.Parse(Regex.Match(h, @"Free blocks:\s+(\d+)").Groups[1].Value),
+                long.Parse(Regex.Match(h, @"Free inodes:\s+(\d+)").Groups[1].Value));
+    }
+
+    private static uint FirstOrphan(string header) =>
+        Regex.Match(header, @"First orphan inode:\s+(\d+)") is { Success: true } m ? uint.Parse(m.Groups[1].Value) : 0;
+
+    private static bool OrphanPresent(string header) =>
+        Regex.Match(header, @"features:.*\borphan_present\b") .Success;
+
+    private static void AssertFsckClean(string image, string what)
+    {
+        var (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fn", image]);
+        Assert.True(rc == 0, $"{what}: e2fsck -fn\n{output}");
+    }
+
+    private static string Save(Scratch s, string name, byte[] bytes)
+    {
+        var path = s.File(name);
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
+
+    // Opens (so recovery runs) and closes the image in untorn.
+    private static void RecoverWithUntorn(byte[] image)
+    {
+        using var fs = Ext4Fs.Open(new MemoryBlockDevice(image), NoTimer);
+    }
+
+    /// <summary>Creates and fills the files, then unlinks them while open and commits; returns their inodes, the device and the still-open fs.</summary>
+    private static (Ext4Fs Fs, MemoryBlockDevice Dev, Dictionary<string, (int Fd, uint Ino)> Files) UnlinkWhileOpen(byte[] baseImage, string[] names, int bytes)
+    {
+        var dev = new MemoryBlockDevice(baseImage.ToArray());
+        var fs = Ext4Fs.Open(dev, NoTimer);
+        var files = new Dictionary<string, (int, uint)>();
+        var rng = new Random(names.Length);
+        foreach (var n in names)
+        {
+            int fd = fs.Open(B(n), OpenFlags.RdWr | OpenFlags.Creat | OpenFlags.Excl, 0x1A4);
+            var data = new byte[bytes];
+            rng.NextBytes(data);
+            fs.Pwrite(fd, data, 0);
+            files[n] = (fd, (uint)fs.Statx(AtFlags.Root, B(n), 0, StatxMask.BasicStats).Ino);
+        }
+        fs.Sync();
+        foreach (var n in names) fs.Unlink(B(n));
+        fs.Sync();
+        return (fs, dev, files);
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void UnlinkWhileOpen_Crash_UntornE2fsckAndKernelAllFreeTheSpace(string mkfs)
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, mkfs);
+        var original = FreeCounts(s.File("base.img"));
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, ["/victim"], 3 << 20);
+        uint ino = files["/victim"].Ino;
+        var crashed = dev.Image.ToArray(); // the crash: the descriptor is still open
+        fs.Dispose();
+
+        // The record is on disk where e2fsprogs looks for it.
+        var crashedPath = Save(s, "crashed.img", crashed);
+        var header = Header(crashedPath);
+        if (UsesOrphanFile(mkfs))
+        {
+            Assert.True(OrphanPresent(header), "orphan_present missing after the unlink committed:\n" + header);
+            Assert.Equal(0u, FirstOrphan(header));
+        }
+        else Assert.Equal(ino, FirstOrphan(header));
+        Assert.True(FreeCounts(crashedPath).Blocks < original.Blocks - 700, "the crashed image should still hold the file's 3 MiB");
+
+        // (a) untorn's recovery at a read-write open.
+        var byUntorn = crashed.ToArray();
+        RecoverWithUntorn(byUntorn);
+        var untornPath = Save(s, "untorn.img", byUntorn);
+        AssertFsckClean(untornPath, "after untorn's orphan recovery");
+        Assert.Equal(original, FreeCounts(untornPath));
+        var after = Header(untornPath);
+        Assert.Equal(0u, FirstOrphan(after));
+        Assert.False(OrphanPresent(after), after);
+
+        // (b) e2fsck -fy on the same crashed image finds the orphan through the record and frees it.
+        var fsckPath = Save(s, "e2fsck.img", crashed);
+        var (_, fixedOutput) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fy", fsckPath]);
+        Assert.Contains($"orphaned inode {ino} ", fixedOutput);
+        AssertFsckClean(fsckPath, "after e2fsck -fy");
+        Assert.Equal(FreeCounts(fsckPath), FreeCounts(untornPath));
+
+        // ... and the kernel processes it at mount.
+        var kernelPath = Save(s, "kernel.img", crashed);
+        if (KernelMountUnmount(s, kernelPath) is { } skip) Assert.Skip(skip);
+        AssertFsckClean(kernelPath, "after the kernel's mount");
+        Assert.Equal(FreeCounts(kernelPath), FreeCounts(untornPath));
+    }
+
+    // Mounts read-write (journal replay, orphan cleanup) and unmounts; a reason to skip, or null.
+    private static string? KernelMountUnmount(Scratch s, string image)
+    {
+        if (Environment.UserName != "root") return "needs root for mount -o loop";
+        var mnt = s.File("mnt");
+        Directory.CreateDirectory(mnt);
+        var probe = Save(s, "probe.img", File.ReadAllBytes(s.File("base.img")));
+        var (rc, output) = Tools.Run("mount", ["-o", "loop,ro", probe, mnt]);
+        if (rc != 0) return "mount -o loop does not work here: " + output.Trim();
+        Tools.Run("umount", [mnt]);
+        (rc, output) = Tools.Run("mount", ["-o", "loop", image, mnt]);
+        Assert.True(rc == 0, "the kernel refused the crashed image: " + output);
+        (rc, output) = Tools.Run("umount", [mnt]);
+        Assert.True(rc == 0, output);
+        return null;
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void UnlinkWhileOpen_CleanClose_LeavesNoOrphan(string mkfs)
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, mkfs);
+        var original = FreeCounts(s.File("base.img"));
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, ["/a", "/b"], 100_000);
+        Assert.Equal(files.Values.Select(f => f.Ino).Order(), fs.PendingOrphans.Order());
+        fs.Close(files["/a"].Fd); // freed at its last close; /b is still open when the image closes
+        Assert.Equal([files["/b"].Ino], fs.PendingOrphans);
+        fs.Dispose();
+        var path = Save(s, "closed.img", dev.Image);
+        var header = Header(path);
+        Assert.Equal(0u, FirstOrphan(header));
+        Assert.False(OrphanPresent(header), header);
+        Assert.DoesNotContain("needs_recovery", header);
+        AssertFsckClean(path, "after a clean close");
+        Assert.Equal(original, FreeCounts(path));
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void SeveralOrphans_MiddleOnesClosed_RecordHoldsExactlyTheOpenOnes(string mkfs)
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, mkfs);
+        var original = FreeCounts(s.File("base.img"));
+        string[] names = ["/o1", "/o2", "/o3", "/o4", "/o5", "/o6"];
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, names, 40_000);
+        // A rename over an open file orphans it too.
+        int kept = fs.Open(B("/kept"), OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
+        fs.Pwrite(kept, new byte[50_000], 0);
+        int src = fs.Open(B("/src"), OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
+        fs.Close(src);
+        fs.Rename(B("/src"), B("/kept"));
+        // Close the head, a middle entry and the tail of the list (unlinked o1..o6: o6 is the head).
+        foreach (var n in new[] { "/o6", "/o3", "/o1" }) fs.Close(files[n].Fd);
+        fs.Sync();
+        var crashed = dev.Image.ToArray();
+        fs.Dispose();
+
+        var open = new[] { "/o2", "/o4", "/o5" }.Select(n => files[n].Ino).ToList();
+        var fsckPath = Save(s, "e2fsck.img", crashed);
+        var (_, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fy", fsckPath]);
+        var cleared = Regex.Matches(output, @"orphaned inode (\d+) ").Select(m => uint.Parse(m.Groups[1].Value)).ToList();
+        Assert.Equal(4, cleared.Count); // the three still open and the renamed-over /kept
+        Assert.Subset(cleared.ToHashSet(), open.ToHashSet());
+        AssertFsckClean(fsckPath, "after e2fsck -fy");
+
+        var byUntorn = crashed.ToArray();
+        RecoverWithUntorn(byUntorn);
+        var untornPath = Save(s, "untorn.img", byUntorn);
+        AssertFsckClean(untornPath, "after untorn's recovery");
+        Assert.Equal(FreeCounts(fsckPath), FreeCounts(untornPath));
+        Assert.Equal(original.Inodes - 1, FreeCounts(untornPath).Inodes); // only /src's inode, now named /kept, remains
+    }
+
+    [Fact]
+    public void UnlinkedOpenFile_LinkByOldName_ENOENT_AndSecondNameMakesNoOrphan()
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, "-b 4096");
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, ["/gone"], 10_000);
+        // Linux: a file without links cannot get a name back (linkat says ENOENT); by path it has none.
+        Assert.Equal(Errno.ENOENT, Assert.Throws<Ext4Exception>(() => fs.Link(B("/gone"), B("/back"))).Errno);
+        int fd = fs.Open(B("/two"), OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
+        fs.Link(B("/two"), B("/alias"));
+        fs.Unlink(B("/two")); // one link left: not an orphan
+        fs.Sync();
+        Assert.Equal([files["/gone"].Ino], fs.PendingOrphans);
+        var header = Header(Save(s, "mid.img", dev.Image));
+        Assert.Equal(files["/gone"].Ino, FirstOrphan(header));
+        fs.Close(fd);
+        fs.Close(files["/gone"].Fd);
+        fs.Sync();
+        Assert.Equal(0u, FirstOrphan(Header(Save(s, "after.img", dev.Image))));
+        fs.Dispose();
+    }
+
+    [Fact]
+    public void ReadOnlyOpen_CrashedOrphan_ImageUntouched()
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, "-b 4096");
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, ["/victim"], 200_000);
+        var crashed = dev.Image.ToArray();
+        fs.Dispose();
+        var copy = crashed.ToArray();
+        using (var ro = Ext4Fs.Open(new MemoryBlockDevice(copy, readOnly: true), new OpenOptions { ReadOnly = true }))
+        {
+            Assert.Equal(Errno.ENOENT, Assert.Throws<Ext4Exception>(() => ro.Open(B("/victim"), OpenFlags.RdOnly, 0)).Errno);
+            Assert.Equal(0, ro.ReadInode(files["/victim"].Ino).LinksCount);
+        }
+        Assert.True(copy.AsSpan().SequenceEqual(crashed), "a read-only open changed the image");
+    }
+}
