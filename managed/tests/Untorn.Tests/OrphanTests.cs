@@ -403,4 +403,56 @@ public class OrphanTests
         Assert.True(writes > 30, $"only {writes} device writes");
         TestContext.Current.SendDiagnosticMessage($"{mkfs}: {states} crash states ({writes} device writes) recovered clean");
     }
+
+    /// <summary>
+    /// An orphan whose blocks untorn cannot free yet (indirect-mapped, made with mke2fs -O ^extents
+    /// and debugfs): the read-write open fails with EOPNOTSUPP before writing anything; read-only
+    /// opens still work, and e2fsck -fy finishes the orphan.
+    /// </summary>
+    [Fact]
+    public void IndirectMappedOrphan_ReadWriteOpen_EOPNOTSUPPAndImageUntouched()
+    {
+        using var s = new Scratch();
+        var tree = s.File("tree");
+        Directory.CreateDirectory(tree);
+        var bytes = new byte[100_000];
+        new Random(3).NextBytes(bytes); // not zeros: mke2fs -d would leave holes
+        File.WriteAllBytes(Path.Combine(tree, "old"), bytes);
+        var path = s.File("base.img");
+        using (var fh = File.Create(path)) fh.SetLength(16 << 20);
+        var (rc, output) = Tools.Run(Tools.RequireTool("mke2fs"), ["-q", "-F", "-t", "ext4", "-O", "^extents,^64bit", "-d", tree, path]);
+        Assert.True(rc == 0, output);
+        uint ino;
+        using (var ro = Ext4Fs.Open(path, new OpenOptions { ReadOnly = true }))
+            ino = (uint)ro.Statx(AtFlags.Root, B("/old"), 0, StatxMask.BasicStats).Ino;
+        var cmds = s.File("cmds");
+        File.WriteAllText(cmds, $"unlink /old\nsif <{ino}> links_count 0\nssv last_orphan {ino}\n");
+        (rc, output) = Tools.Run(Tools.RequireTool("debugfs"), ["-w", "-f", cmds, path]);
+        Assert.True(rc == 0, output);
+        var before = File.ReadAllBytes(path);
+        Assert.Equal(Errno.EOPNOTSUPP, Assert.Throws<Ext4Exception>(() => Ext4Fs.Open(path)).Errno);
+        Assert.True(File.ReadAllBytes(path).AsSpan().SequenceEqual(before), "a refused open changed the image");
+        using (var ro = Ext4Fs.Open(path, new OpenOptions { ReadOnly = true }))
+            Assert.Equal(0, ro.ReadInode(ino).LinksCount);
+        (_, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fy", path]);
+        Assert.Contains($"Clearing orphaned inode {ino} ", output);
+        AssertFsckClean(path, "after e2fsck -fy");
+    }
+
+    /// <summary>Without a journal ext4_orphan_add records nothing (a crash there needs e2fsck anyway); untorn does the same.</summary>
+    [Fact]
+    public void NoJournal_UnlinkWhileOpen_NoRecordButFreedAtClose()
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, "-b 4096 -O ^has_journal");
+        var original = FreeCounts(s.File("base.img"));
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, ["/x"], 50_000);
+        Assert.Equal(0u, FirstOrphan(Header(Save(s, "mid.img", dev.Image))));
+        Assert.Equal([files["/x"].Ino], fs.PendingOrphans);
+        fs.Close(files["/x"].Fd);
+        fs.Dispose();
+        var path = Save(s, "closed.img", dev.Image);
+        AssertFsckClean(path, "after the last close");
+        Assert.Equal(original, FreeCounts(path));
+    }
 }
