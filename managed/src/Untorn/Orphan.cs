@@ -345,7 +345,9 @@ public sealed partial class Ext4Fs
         if (ino < Super.FirstIno || ino > Super.InodesCount) return null;
         uint g = (ino - 1) / Super.InodesPerGroup;
         if (!new BitSpan(InodeBitmaps.Read(g)).Get((ino - 1) % Super.InodesPerGroup)) return null;
-        var inode = ReadInode(ino);
+        Inode inode;
+        try { inode = ReadInode(ino); }
+        catch (Ext4Exception) { return null; } // iget failed: a bad orphan, not a failed open
         if (inode.Dtime > Super.InodesCount) return null;
         if (inode.LinksCount != 0 && !(inode.IsRegular || inode.IsDir || inode.IsSymlink)) return null;
         return inode;

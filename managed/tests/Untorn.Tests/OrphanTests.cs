@@ -204,6 +204,11 @@ public class OrphanTests
         int src = fs.Open(B("/src"), OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
         fs.Close(src);
         fs.Rename(B("/src"), B("/kept"));
+        // rmdir of an open directory orphans it as well.
+        fs.Mkdir(B("/dir"), 0x1ED);
+        int dirFd = fs.Open(B("/dir"), OpenFlags.RdOnly | OpenFlags.Directory, 0);
+        fs.Rmdir(B("/dir"));
+        uint dirIno = (uint)fs.Statx(dirFd, [], AtFlags.EmptyPath, StatxMask.BasicStats).Ino;
         // Close the head, a middle entry and the tail of the list (unlinked o1..o6: o6 is the head).
         foreach (var n in new[] { "/o6", "/o3", "/o1" }) fs.Close(files[n].Fd);
         fs.Sync();
@@ -214,7 +219,8 @@ public class OrphanTests
         var fsckPath = Save(s, "e2fsck.img", crashed);
         var (_, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fy", fsckPath]);
         var cleared = Regex.Matches(output, @"orphaned inode (\d+) ").Select(m => uint.Parse(m.Groups[1].Value)).ToList();
-        Assert.Equal(4, cleared.Count); // the three still open and the renamed-over /kept
+        Assert.Equal(5, cleared.Count); // the three still open, the renamed-over /kept and /dir
+        open.Add(dirIno);
         Assert.Subset(cleared.ToHashSet(), open.ToHashSet());
         AssertFsckClean(fsckPath, "after e2fsck -fy");
 
