@@ -530,4 +530,43 @@ public class OrphanTests
         var after = Header(untornPath);
         Assert.True(FirstOrphan(after) == 0 && !OrphanPresent(after), after);
     }
+
+    /// <summary>
+    /// A full orphan file (one 1 KiB block: 254 entries) spills into the list, as ext4_orphan_add
+    /// falls back: 260 open unlinked files are all found by e2fsck -fy and freed alike by untorn;
+    /// closing them instead empties both records.
+    /// </summary>
+    [Fact]
+    public void OrphanFileFull_SpillsIntoList_AllRecovered()
+    {
+        using var s = new Scratch();
+        // ^dir_index: else e2fsck -fy also indexes the 260-name root (pass 3A), freeing blocks of its own.
+        var baseImage = MakeImage(s, "-b 1024 -O orphan_file,^dir_index -E orphan_file_size=1");
+        var original = FreeCounts(s.File("base.img"));
+        var names = Enumerable.Range(0, 260).Select(i => $"/f{i}").ToArray();
+        var (fs, dev, files) = UnlinkWhileOpen(baseImage, names, 1500);
+        var crashed = dev.Image.ToArray();
+        var header = Header(Save(s, "crashed.img", crashed));
+        Assert.True(OrphanPresent(header) && FirstOrphan(header) != 0, header);
+
+        var fsckPath = Save(s, "e2fsck.img", crashed);
+        var (_, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fy", fsckPath]);
+        var cleared = Regex.Matches(output, @"Clearing orphaned inode (\d+) ").Select(m => uint.Parse(m.Groups[1].Value)).ToHashSet();
+        Assert.True(cleared.SetEquals(files.Values.Select(f => f.Ino)), $"e2fsck cleared {cleared.Count} of {files.Count}");
+        AssertFsckClean(fsckPath, "after e2fsck -fy");
+        var byUntorn = crashed.ToArray();
+        RecoverWithUntorn(byUntorn);
+        var untornPath = Save(s, "untorn.img", byUntorn);
+        AssertFsckClean(untornPath, "after untorn's recovery");
+        Assert.Equal(original.Inodes, FreeCounts(untornPath).Inodes); // (the root directory keeps the blocks its 260 names took)
+        Assert.Equal(FreeCounts(fsckPath), FreeCounts(untornPath));
+
+        foreach (var n in names) fs.Close(files[n].Fd); // the normal path: every last close
+        fs.Sync();
+        var closed = Save(s, "closed.img", dev.Image);
+        var after = Header(closed);
+        Assert.True(FirstOrphan(after) == 0 && !OrphanPresent(after), after);
+        fs.Dispose();
+        AssertFsckClean(closed, "after every last close");
+    }
 }
