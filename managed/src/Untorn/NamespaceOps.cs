@@ -87,6 +87,7 @@ public sealed partial class Ext4Fs
             target.Save(h, this);
         }
         h.Complete();
+        if (target.LinksCount == 0) ReleaseIfUnlinked(ino); // its last descriptor may have closed meanwhile
     }
 
     /// <summary>link(2): a second name for a file (not a directory).</summary>
@@ -218,6 +219,7 @@ public sealed partial class Ext4Fs
             oldParent.Save(h, this);
         }
         h.Complete();
+        if (existing != 0) ReleaseIfUnlinked(existing); // its last descriptor may have closed meanwhile
     }
 
     // ext4_evict_inode: the blocks go back (usable after the commit), dtime is set, the bitmap bit clears.

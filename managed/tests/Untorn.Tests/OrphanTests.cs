@@ -569,4 +569,35 @@ public class OrphanTests
         fs.Dispose();
         AssertFsckClean(closed, "after every last close");
     }
+
+    /// <summary>
+    /// Unlink racing with the file's last close, on two threads: whichever wins, the file is freed
+    /// once both return (nothing waits for the image close), and the result is e2fsck-clean.
+    /// </summary>
+    [Fact]
+    public async Task UnlinkRacingLastClose_FileFreedEitherWay()
+    {
+        using var s = new Scratch();
+        var baseImage = MakeImage(s, "-b 4096");
+        var original = FreeCounts(s.File("base.img"));
+        var dev = new MemoryBlockDevice(baseImage.ToArray());
+        using (var fs = Ext4Fs.Open(dev, NoTimer))
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                var name = B($"/race{i}");
+                int fd = fs.Open(name, OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
+                fs.Pwrite(fd, new byte[5000], 0);
+                using var start = new Barrier(2);
+                var ct = TestContext.Current.CancellationToken;
+                var closer = Task.Run(() => { start.SignalAndWait(ct); fs.Close(fd); }, ct);
+                var unlinker = Task.Run(() => { start.SignalAndWait(ct); fs.Unlink(name); }, ct);
+                await Task.WhenAll(closer, unlinker);
+                Assert.Empty(fs.PendingOrphans);
+            }
+        }
+        var path = Save(s, "raced.img", dev.Image);
+        AssertFsckClean(path, "after racing unlinks and closes");
+        Assert.Equal(original, FreeCounts(path));
+    }
 }
