@@ -190,9 +190,10 @@ public sealed partial class Ext4Fs
     {
         if (!HasOrphanFile) return false;
         var of = LoadOrphanFile();
+        if (of.Used >= of.Physical.Length * of.PerBlock) return false; // full: the list takes it
+        var block = new byte[Super.BlockSize];
         for (int b = 0; b < of.Physical.Length; b++)
         {
-            var block = new byte[Super.BlockSize];
             Device.Read((long)of.Physical[b] * Super.BlockSize, block);
             for (int j = 0; j < of.PerBlock; j++)
             {
@@ -204,7 +205,7 @@ public sealed partial class Ext4Fs
                 return true;
             }
         }
-        return false; // full: the list takes it
+        return false;
     }
 
     // Writes one entry with the block's checksum; keeps ORPHAN_PRESENT set exactly while an entry is used.
