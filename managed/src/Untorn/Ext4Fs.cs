@@ -97,6 +97,11 @@ public sealed partial class Ext4Fs : IDisposable
         }
         var fs = new Ext4Fs(device, sb, readOnly) { JournalNotReplayed = notReplayed, ReplayedTransactions = replayed, CommitInterval = options.CommitInterval };
         fs.ReadInode(RootIno); // a filesystem whose root cannot be read is not worth handing out
+        if (!readOnly)
+        {
+            try { fs.RecoverOrphans(); }
+            catch { fs.Dispose(); throw; }
+        }
         return fs;
     }
 
@@ -142,7 +147,11 @@ public sealed partial class Ext4Fs : IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        try { _write?.Dispose(); }
+        try
+        {
+            try { if (_write != null) ReleaseAllUnlinked(); }
+            finally { _write?.Dispose(); }
+        }
         finally
         {
             Files.CloseAll();

@@ -4,8 +4,6 @@ namespace Untorn;
 // directory entry, parent times and link count — so it is all in one journal transaction.
 public sealed partial class Ext4Fs
 {
-    private readonly HashSet<uint> _unlinkedWhileOpen = [];
-
     /// <summary>Creates a regular file (O_CREAT); returns its inode number, or the existing one unless exclusive.</summary>
     public uint Create(ReadOnlySpan<byte> path, uint mode, bool exclusive) =>
         MakeNode(path, (ushort)(InodeMode.Regular | (mode & 0xFFF)), exclusive);
@@ -13,7 +11,7 @@ public sealed partial class Ext4Fs
     /// <summary>mkdir(2).</summary>
     public void Mkdir(ReadOnlySpan<byte> path, uint mode) => MakeNode(path, (ushort)(InodeMode.Dir | (mode & 0xFFF)), exclusive: true);
 
-    /// <summary>unlink(2): the file's space is freed now, or at the last close when it is still open.</summary>
+    /// <summary>unlink(2): the file's space is freed now, or at the last close when it is still open (an orphan until then, see Orphan.cs).</summary>
     public void Unlink(ReadOnlySpan<byte> path) => RemoveNode(path, dir: false);
 
     /// <summary>rmdir(2).</summary>
@@ -85,10 +83,11 @@ public sealed partial class Ext4Fs
         if (target.LinksCount == 0 && !Files.IsOpen(ino)) FreeInode(h, ws, target, isDir);
         else
         {
-            if (target.LinksCount == 0) lock (_unlinkedWhileOpen) _unlinkedWhileOpen.Add(ino);
+            if (target.LinksCount == 0) OrphanAdd(h, target);
             target.Save(h, this);
         }
         h.Complete();
+        if (target.LinksCount == 0) ReleaseIfUnlinked(ino); // its last descriptor may have closed meanwhile
     }
 
     /// <summary>link(2): a second name for a file (not a directory).</summary>
@@ -198,7 +197,7 @@ public sealed partial class Ext4Fs
             if (victim.LinksCount == 0 && !Files.IsOpen(existing)) FreeInode(h, ws, victim, victimDir);
             else
             {
-                if (victim.LinksCount == 0) lock (_unlinkedWhileOpen) _unlinkedWhileOpen.Add(existing);
+                if (victim.LinksCount == 0) OrphanAdd(h, victim);
                 victim.Save(h, this);
             }
         }
@@ -220,18 +219,7 @@ public sealed partial class Ext4Fs
             oldParent.Save(h, this);
         }
         h.Complete();
-    }
-
-    /// <summary>The last descriptor of an unlinked file closed: its space is freed now.</summary>
-    internal void ReleaseIfUnlinked(uint ino)
-    {
-        lock (_unlinkedWhileOpen)
-            if (Files.IsOpen(ino) || !_unlinkedWhileOpen.Remove(ino)) return;
-        var ws = Writer;
-        using var h = ws.Transactions.Start();
-        var target = InodeBuffer.Load(this, ino);
-        FreeInode(h, ws, target, target.Parsed.IsDir);
-        h.Complete();
+        if (existing != 0) ReleaseIfUnlinked(existing); // its last descriptor may have closed meanwhile
     }
 
     // ext4_evict_inode: the blocks go back (usable after the commit), dtime is set, the bitmap bit clears.
