@@ -61,9 +61,23 @@ public sealed partial class Ext4Fs
                 }
                 else writer = new InPlaceCommitWriter(Cache.Inner, Super.BlockSize);
                 var mballoc = new Mballoc(new FsGroupBitmaps(this), (ulong)Super.ClusterSize, (ulong)Super.BlockSize);
-                return _write = new WriteState(new TransactionManager(Cache, writer), new BlockAllocator(this, mballoc), journal, CommitInterval);
+                var ws = new WriteState(new TransactionManager(Cache, writer), new BlockAllocator(this, mballoc), journal, CommitInterval);
+                SeedFreeCounts(ws);
+                return _write = ws;
             }
         }
+    }
+
+    // The kernel's free counters start from the group descriptors at mount and reach the
+    // superblock only at commit, so a crash (of the kernel or of us) can leave its copy stale;
+    // the deltas later writes add must start from the true sums.
+    private void SeedFreeCounts(WriteState ws)
+    {
+        var (blocks, inodes) = Groups.FreeSums();
+        if (blocks == Super.FreeBlocksCount && inodes == Super.FreeInodesCount) return;
+        using var h = ws.Transactions.Start();
+        Superblock.SetFreeCounts(h, Super.BlockSize, blocks, inodes);
+        h.Complete();
     }
 
     /// <summary>False without a journal: a crash may leave a metadata operation half done (e2fsck repairs it).</summary>

@@ -169,6 +169,19 @@ internal sealed class GroupDescTable(IBlockDevice dev, Superblock sb)
         return parsed;
     }
 
+    /// <summary>Free blocks (clusters times the cluster ratio) and free inodes summed over every group.</summary>
+    public (ulong Blocks, uint Inodes) FreeSums()
+    {
+        ulong clusters = 0, inodes = 0;
+        for (uint g = 0; g < sb.GroupCount; g++)
+        {
+            var gd = Get(g);
+            clusters += gd.FreeBlocksCount;
+            inodes += gd.FreeInodesCount;
+        }
+        return (clusters * (ulong)(sb.ClusterSize / sb.BlockSize), (uint)inodes);
+    }
+
     /// <summary>Forgets a cached descriptor after its on-disk bytes changed.</summary>
     public void Invalidate(uint group) => _cache.TryRemove(group, out _);
 

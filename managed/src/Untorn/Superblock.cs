@@ -148,18 +148,28 @@ public sealed class Superblock
     /// Adds to the free block and free inode counts of the primary superblock inside a handle
     /// (the kernel keeps them in per-cpu counters and writes them with the superblock).
     /// </summary>
-    internal static void AddFreeCounts(TransactionManager.Handle h, int blockSize, long blocks, long inodes)
+    internal static void AddFreeCounts(TransactionManager.Handle h, int blockSize, long blocks, long inodes) =>
+        EditFreeCounts(h, blockSize, (b, i) => ((ulong)((long)b + blocks), (uint)(i + inodes)));
+
+    /// <summary>
+    /// Sets the superblock's free counts to the group descriptors' sums (in blocks and inodes),
+    /// as the kernel's mount does (ext4_count_free_clusters seeds its counters; the superblock
+    /// copy is only written at commit, so after a crash it may be stale).
+    /// </summary>
+    internal static void SetFreeCounts(TransactionManager.Handle h, int blockSize, ulong freeBlocks, uint freeInodes) =>
+        EditFreeCounts(h, blockSize, (_, _) => (freeBlocks, freeInodes));
+
+    private static void EditFreeCounts(TransactionManager.Handle h, int blockSize, Func<ulong, uint, (ulong Blocks, uint Inodes)> edit)
     {
         ulong block = (ulong)(Offset / blockSize);
         var data = h.GetWriteAccess(block);
         var raw = data.AsSpan(Offset % blockSize, Size);
         bool is64 = (BinaryPrimitives.ReadUInt32LittleEndian(raw[0x60..]) & Features.Incompat64Bit) != 0;
         ulong free = BinaryPrimitives.ReadUInt32LittleEndian(raw[0xC..]) | (is64 ? (ulong)BinaryPrimitives.ReadUInt32LittleEndian(raw[0x158..]) << 32 : 0);
-        free = (ulong)((long)free + blocks);
-        BinaryPrimitives.WriteUInt32LittleEndian(raw[0xC..], (uint)free);
-        if (is64) BinaryPrimitives.WriteUInt32LittleEndian(raw[0x158..], (uint)(free >> 32));
-        uint freeInodes = (uint)(BinaryPrimitives.ReadUInt32LittleEndian(raw[0x10..]) + inodes);
-        BinaryPrimitives.WriteUInt32LittleEndian(raw[0x10..], freeInodes);
+        var (blocks, inodes) = edit(free, BinaryPrimitives.ReadUInt32LittleEndian(raw[0x10..]));
+        BinaryPrimitives.WriteUInt32LittleEndian(raw[0xC..], (uint)blocks);
+        if (is64) BinaryPrimitives.WriteUInt32LittleEndian(raw[0x158..], (uint)(blocks >> 32));
+        BinaryPrimitives.WriteUInt32LittleEndian(raw[0x10..], inodes);
         UpdateChecksum(raw);
         h.Dirty(block, data);
     }

@@ -53,18 +53,10 @@ internal static class SuperblockBackup
     {
         var raw = backupRaw.ToArray();
         var sb = Superblock.Parse(raw);
-        var groups = new GroupDescTable(dev, sb);
-        ulong freeClusters = 0, freeInodes = 0;
-        for (uint g = 0; g < sb.GroupCount; g++)
-        {
-            var gd = groups.Get(g);
-            freeClusters += gd.FreeBlocksCount;
-            freeInodes += gd.FreeInodesCount;
-        }
-        ulong freeBlocks = freeClusters * (ulong)(sb.ClusterSize / sb.BlockSize);
+        var (freeBlocks, freeInodes) = new GroupDescTable(dev, sb).FreeSums();
         BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(0xC), (uint)freeBlocks);
         if (sb.Has64Bit) BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(0x158), (uint)(freeBlocks >> 32));
-        BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(0x10), (uint)freeInodes);
+        BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(0x10), freeInodes);
         BinaryPrimitives.WriteUInt16LittleEndian(raw.AsSpan(0x5A), 0); // s_block_group_nr: this is the primary
         return raw;
     }
