@@ -225,6 +225,45 @@ public partial class AttrTests
         finally { File.Delete(image); }
     }
 
+    // A POSIX ACL (rewritten by the kernel's chmod) and a file capability (dropped by its chown),
+    // set by debugfs in the inode (256-byte inodes) or in an xattr block (128-byte inodes).
+    [Theory]
+    [InlineData("ext4-4k")]
+    [InlineData("ext4-128inode")]
+    public void Setattr_XattrTheKernelWouldRewrite_RefusedOthersAllowed(string config)
+    {
+        TestImages.Require();
+        var image = TestImages.CopyOf(config);
+        var acl = image + ".acl";
+        var cap = image + ".cap";
+        try
+        {
+            // VFS ACL format: version 2, then USER_OBJ rw-, GROUP_OBJ r--, OTHER r--; VFS_CAP revision 2.
+            File.WriteAllBytes(acl, [2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 4, 0, 4, 0, 255, 255, 255, 255, 0x20, 0, 4, 0, 255, 255, 255, 255]);
+            File.WriteAllBytes(cap, [1, 0, 0, 2, .. new byte[16]]);
+            var debugfs = Tools.RequireTool("debugfs");
+            Assert.Equal(0, Tools.Run(debugfs, ["-w", "-R", $"ea_set -f {acl} /hello.txt system.posix_acl_access", image]).ExitCode);
+            Assert.Equal(0, Tools.Run(debugfs, ["-w", "-R", $"ea_set -f {cap} /empty security.capability", image]).ExitCode);
+            Assert.Contains("system.posix_acl_access", Tools.Run(debugfs, ["-R", "ea_list /hello.txt", image]).Output);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                Assert.Equal(Errno.EOPNOTSUPP, Assert.Throws<Ext4Exception>(() => fs.Fchmodat(AtFlags.Root, B("/hello.txt"), 0x1C0, 0)).Errno);
+                Assert.Equal(Errno.EOPNOTSUPP, Assert.Throws<Ext4Exception>(() => fs.Fchownat(AtFlags.Root, B("/empty"), 5, 5, 0)).Errno);
+                fs.Fchownat(AtFlags.Root, B("/hello.txt"), 5, 6, 0);
+                fs.Fchmodat(AtFlags.Root, B("/empty"), 0x1C0, 0);
+            }
+            Assert.Equal((5u, 6u), (Debugfs(image, "/hello.txt").Uid, Debugfs(image, "/hello.txt").Gid));
+            Assert.Equal(0x1C0, Debugfs(image, "/empty").Mode);
+            AssertFsckClean(image);
+        }
+        finally
+        {
+            File.Delete(image);
+            File.Delete(acl);
+            File.Delete(cap);
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "utimensat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int KernelUtimensat(int dirfd, string path, long[] times, int flags);
 
