@@ -170,6 +170,9 @@ public partial class AttrTests
     [Theory]
     [InlineData("ext4-4k")]
     [InlineData("ext4-128inode")]
+    [InlineData("ext4-bigalloc")]
+    [InlineData("ext4-inline")]
+    [InlineData("ext3")]
     public void FchmodatFchownat_Bits_DebugfsShowsThem(string config)
     {
         TestImages.Require();
@@ -280,6 +283,9 @@ public partial class AttrTests
     [InlineData("ext4-4k")]
     [InlineData("ext4-128inode")]
     [InlineData("ext4-1k")]
+    [InlineData("ext4-bigalloc")]
+    [InlineData("ext4-inline")]
+    [InlineData("ext3")]
     public void SetattrCalls_SameAsKernel_SameInodes(string config)
     {
         if (Environment.UserName != "root") Assert.Skip("needs root to loop-mount an image");
