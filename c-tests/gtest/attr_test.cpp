@@ -233,3 +233,58 @@ TEST(Attr, FsInfoSizeContractAndOpenFlags) {
   EXPECT_EQ(clean.flags, UNTORN_FS_JOURNALED | UNTORN_FS_READONLY);  // a clean journal: nothing left unreplayed
   untorn_close_image(fs);
 }
+
+// A journal left needing recovery by debugfs (jo; jw; jc writes one committed transaction that
+// puts a block of random bytes at the last block, which no file uses).
+TEST(Attr, FsInfoReplayFlags_DirtyJournalFromDebugfs) {
+  UNTORN_REQUIRE_IMAGES();
+  ImageCopy copy("ext4-4k");
+  ASSERT_FALSE(copy.path.empty());
+  std::string dump, out;
+  ASSERT_EQ(run("dumpe2fs -h " + shell_quote(copy.path), &dump), 0);
+  unsigned long last = std::stoul(dumpe2fs_field(dump, "Block count")) - 1;
+  std::string block = copy.path + ".blk", cmds = copy.path + ".cmds";
+  ASSERT_EQ(run("head -c 4096 /dev/urandom > " + shell_quote(block), &out), 0);
+  {
+    std::ofstream f(cmds);
+    f << "jo\njw -b " << last << " " << block << "\njc\n";
+  }
+  ASSERT_EQ(run("debugfs -w -f " + shell_quote(cmds) + " " + shell_quote(copy.path), &out), 0) << out;
+  std::string log;
+  run("debugfs -R logdump " + shell_quote(copy.path), &log);
+  unsigned commits = 0;
+  for (size_t at = 0; (at = log.find("(commit block)", at)) != std::string::npos; at++) commits++;
+  ASSERT_GE(commits, 1u) << log;
+
+  struct untorn_open_opts opts = {sizeof(opts), UNTORN_OPEN_RDONLY | UNTORN_OPEN_NOREPLAY};
+  struct untorn_fs *fs = nullptr;
+  struct untorn_fs_info info = {};
+  ASSERT_EQ(untorn_open_image(copy.path.c_str(), &opts, &fs), 0);
+  info.size = sizeof info;
+  EXPECT_EQ(untorn_fs_info(fs, &info), 0);
+  EXPECT_EQ(info.flags, UNTORN_FS_JOURNALED | UNTORN_FS_READONLY | UNTORN_FS_NOT_REPLAYED);
+  EXPECT_NE(info.feature_incompat & 0x4u, 0u);  // needs_recovery
+  EXPECT_EQ(info.replayed_transactions, 0u);
+  untorn_close_image(fs);
+
+  opts.flags = UNTORN_OPEN_RDONLY;  // replayed into memory
+  ASSERT_EQ(untorn_open_image(copy.path.c_str(), &opts, &fs), 0);
+  info.size = sizeof info;
+  EXPECT_EQ(untorn_fs_info(fs, &info), 0);
+  EXPECT_EQ(info.flags, UNTORN_FS_JOURNALED | UNTORN_FS_READONLY | UNTORN_FS_REPLAYED);
+  EXPECT_EQ(info.replayed_transactions, commits);
+  untorn_close_image(fs);
+
+  ASSERT_EQ(untorn_open_image(copy.path.c_str(), nullptr, &fs), 0);  // replayed into the image
+  info.size = sizeof info;
+  EXPECT_EQ(untorn_fs_info(fs, &info), 0);
+  EXPECT_EQ(info.flags, UNTORN_FS_JOURNALED | UNTORN_FS_REPLAYED);
+  EXPECT_EQ(info.feature_incompat & 0x4u, 0u);
+  untorn_close_image(fs);
+  ASSERT_EQ(run("dumpe2fs -h " + shell_quote(copy.path), &dump), 0);
+  EXPECT_EQ(dumpe2fs_field(dump, "Filesystem features").find("needs_recovery"), std::string::npos);
+  EXPECT_EQ(run("cmp -n 4096 -i " + std::to_string(last * 4096) + ":0 " + shell_quote(copy.path) + " " + shell_quote(block), &out), 0) << out;
+  expect_fsck_clean(copy.path);
+  unlink(block.c_str());
+  unlink(cmds.c_str());
+}
