@@ -21,7 +21,8 @@ extern "C" {
 #endif
 
 /* Flags of untorn_open_opts.flags. */
-#define UNTORN_OPEN_RDONLY 0x1u  /* Open the image read-only: every call that would modify it fails with -EROFS. */
+#define UNTORN_OPEN_RDONLY   0x1u  /* Open the image read-only: every call that would modify it fails with -EROFS. */
+#define UNTORN_OPEN_NOREPLAY 0x2u  /* With UNTORN_OPEN_RDONLY only: do not replay a journal that needs recovery (reads see the image as it is; untorn_fs_info reports UNTORN_FS_NOT_REPLAYED). */
 
 /* Special directory descriptor: resolve paths from the image root (like AT_FDCWD). */
 #define UNTORN_AT_ROOT (-100)  /* dirfd meaning "the root directory of the image". */
@@ -52,6 +53,16 @@ extern "C" {
 #define UNTORN_FALLOC_PUNCH_HOLE 0x2  /* fallocate: free the range (with UNTORN_FALLOC_KEEP_SIZE). */
 #define UNTORN_FALLOC_ZERO_RANGE 0x10  /* fallocate: make the range read as zeros, keeping it allocated. */
 #define UNTORN_ALLOC_KEEP_SIZE   0x1  /* untorn_alloc_aligned: do not change the file size. */
+
+/* untorn_utimensat tv_nsec markers (the Linux UTIME_* values). */
+#define UNTORN_UTIME_NOW  0x3fffffff  /* Set this timestamp to the current time. */
+#define UNTORN_UTIME_OMIT 0x3ffffffe  /* Leave this timestamp unchanged. */
+
+/* untorn_fs_info flags: the guarantees of an opened image. */
+#define UNTORN_FS_JOURNALED    0x1u  /* The filesystem has a journal: each metadata operation commits as a unit and survives a crash (without it, metadata is written in place and a crash may need e2fsck). */
+#define UNTORN_FS_READONLY     0x2u  /* Opened read-only: every modifying call fails with -EROFS. */
+#define UNTORN_FS_REPLAYED     0x4u  /* The journal needed recovery and committed transactions were replayed at open. */
+#define UNTORN_FS_NOT_REPLAYED 0x8u  /* Opened with UNTORN_OPEN_NOREPLAY on a journal that needs recovery: reads show the image without its last committed changes. */
 
 struct untorn_fs;
 
@@ -122,7 +133,33 @@ struct untorn_extent {
 	uint32_t fe_reserved;
 };
 
-/* Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL. */
+/* A timestamp for untorn_utimensat (struct timespec with fixed-width fields); tv_nsec may be UNTORN_UTIME_NOW or UNTORN_UTIME_OMIT. */
+struct untorn_timespec {
+	int64_t tv_sec;                          /* Seconds since the epoch. */
+	int64_t tv_nsec;                         /* Nanoseconds, 0 to 999999999, or a UNTORN_UTIME_* marker. */
+};
+
+/* What untorn_fs_info reports. Set size = sizeof(struct untorn_fs_info); on return it holds the bytes filled. */
+struct untorn_fs_info {
+	uint32_t size;                           /* sizeof(struct untorn_fs_info) as the caller knows it; set to the bytes filled on return (for ABI growth). */
+	uint32_t flags;                          /* UNTORN_FS_* flags. */
+	uint32_t block_size;                     /* Block size in bytes. */
+	uint32_t cluster_size;                   /* Allocation unit in bytes (the block size unless bigalloc). */
+	uint64_t blocks_count;                   /* Blocks in the filesystem (s_blocks_count). */
+	uint64_t free_blocks;                    /* Free blocks (the group descriptors' sum, as statfs counts them). */
+	uint64_t reserved_blocks;                /* Blocks reserved for root (s_r_blocks_count). */
+	uint32_t inodes_count;                   /* Inodes in the filesystem. */
+	uint32_t free_inodes;                    /* Free inodes (the group descriptors' sum). */
+	uint32_t inode_size;                     /* On-disk inode size in bytes (128: times in whole seconds up to 2038). */
+	uint32_t feature_compat;                 /* s_feature_compat (0x4: has_journal). */
+	uint32_t feature_incompat;               /* s_feature_incompat (0x4: needs_recovery). */
+	uint32_t feature_ro_compat;              /* s_feature_ro_compat. */
+	uint32_t replayed_transactions;          /* Committed journal transactions replayed at open. */
+	uint8_t uuid[16];                        /* The filesystem UUID (s_uuid). */
+	char volume_name[16];                    /* The volume label (s_volume_name): NUL-padded, not NUL-terminated when 16 bytes long. */
+};
+
+/* Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL (read-write, journal replayed if needed). */
 int untorn_open_image(const char *path, const struct untorn_open_opts *opts, struct untorn_fs **fsp);
 /* Close an image and every descriptor opened on it. */
 int untorn_close_image(struct untorn_fs *fs);
@@ -166,6 +203,14 @@ int untorn_symlink(struct untorn_fs *fs, const char *target, const char *linkpat
 int untorn_sync(struct untorn_fs *fs);
 /* statx(2) on the image: dirfd is UNTORN_AT_ROOT or a descriptor; AT_EMPTY_PATH with "" (or NULL) stats dirfd itself. */
 int untorn_statx(struct untorn_fs *fs, int dirfd, const char *path, int flags, unsigned mask, struct untorn_statx *out);
+/* utimensat(2): times[0] atime, times[1] mtime (NULL: both now; tv_nsec UNTORN_UTIME_NOW/_OMIT); ctime becomes now. dirfd is UNTORN_AT_ROOT or a descriptor; a NULL path with a descriptor is futimens(fd); flags AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH. */
+int untorn_utimensat(struct untorn_fs *fs, int dirfd, const char *path, const struct untorn_timespec *times, int flags);
+/* fchmodat2(2): set the permission, set-id and sticky bits (mode & 07777) of path; ctime becomes now. flags AT_SYMLINK_NOFOLLOW (a symlink: -EOPNOTSUPP), AT_EMPTY_PATH. */
+int untorn_fchmodat(struct untorn_fs *fs, int dirfd, const char *path, unsigned mode, int flags);
+/* fchownat(2) as root: uid or gid (uint32_t)-1 leaves it unchanged; a non-directory loses S_ISUID, and S_ISGID if group-executable; ctime becomes now. flags AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH. */
+int untorn_fchownat(struct untorn_fs *fs, int dirfd, const char *path, uint32_t uid, uint32_t gid, int flags);
+/* The image's guarantees (UNTORN_FS_* flags), geometry, free counts (like statfs), UUID and feature words. Set out->size first; fields past it are not written. */
+int untorn_fs_info(struct untorn_fs *fs, struct untorn_fs_info *out);
 /* Read up to max entries of the directory open on fd, from its position; returns the count, 0 at the end. */
 int untorn_readdir(struct untorn_fs *fs, int fd, struct untorn_dirent *ents, unsigned max);
 /* readlink(2): copy the target of the symbolic link at path (no NUL added, truncated to size). */

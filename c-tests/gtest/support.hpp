@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 #include <untorn.h>
 
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -69,6 +73,22 @@ inline std::vector<unsigned char> read_host(const std::string &path) {
   std::ifstream f(path, std::ios::binary);
   return std::vector<unsigned char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
+
+// A private copy of a config's image (sparse), deleted at scope exit; path is empty on failure.
+struct ImageCopy {
+  std::string path;
+  explicit ImageCopy(const std::string &config) {
+    char tmpl[] = "/tmp/untorn-copy-XXXXXX";
+    int fd = mkstemp(tmpl);
+    close(fd);
+    path = tmpl;
+    std::string out;
+    if (run("cp --sparse=always " + shell_quote(image_path(config)) + " " + shell_quote(path), &out) != 0) path.clear();
+  }
+  ~ImageCopy() {
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
 
 // An image opened through the C API, closed at scope exit.
 class Image {

@@ -15,21 +15,6 @@
 using namespace untorn_test;
 
 namespace {
-struct ImageCopy {
-  std::string path;
-  explicit ImageCopy(const std::string &config) {
-    char tmpl[] = "/tmp/untorn-write-XXXXXX";
-    int fd = mkstemp(tmpl);
-    close(fd);
-    path = tmpl;
-    std::string out;
-    if (run("cp --sparse=always " + shell_quote(image_path(config)) + " " + shell_quote(path), &out) != 0) path.clear();
-  }
-  ~ImageCopy() {
-    if (!path.empty()) unlink(path.c_str());
-  }
-};
-
 std::vector<unsigned char> debugfs_dump(const std::string &image, const std::string &file) {
   char tmpl[] = "/tmp/untorn-dump-XXXXXX";
   int fd = mkstemp(tmpl);

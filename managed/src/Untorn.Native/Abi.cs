@@ -101,6 +101,8 @@ public static class OpenImageFlags
 {
     /// <summary>Open the image read-only: every call that would modify it fails with -EROFS.</summary>
     public const uint UNTORN_OPEN_RDONLY = 0x1;
+    /// <summary>With UNTORN_OPEN_RDONLY only: do not replay a journal that needs recovery (reads see the image as it is; untorn_fs_info reports UNTORN_FS_NOT_REPLAYED).</summary>
+    public const uint UNTORN_OPEN_NOREPLAY = 0x2;
 }
 
 /// <summary>Special directory descriptor: resolve paths from the image root (like AT_FDCWD).</summary>
@@ -187,4 +189,79 @@ public static class AllocConstants
     public const int UNTORN_FALLOC_ZERO_RANGE = 0x10;
     /// <summary>untorn_alloc_aligned: do not change the file size.</summary>
     public const int UNTORN_ALLOC_KEEP_SIZE = 0x1;
+}
+
+/// <summary>A timestamp for untorn_utimensat (struct timespec with fixed-width fields); tv_nsec may be UNTORN_UTIME_NOW or UNTORN_UTIME_OMIT.</summary>
+[CStruct("untorn_timespec")]
+[StructLayout(LayoutKind.Sequential)]
+public struct UntornTimespec
+{
+    /// <summary>Seconds since the epoch.</summary>
+    public long tv_sec;
+    /// <summary>Nanoseconds, 0 to 999999999, or a UNTORN_UTIME_* marker.</summary>
+    public long tv_nsec;
+}
+
+/// <summary>untorn_utimensat tv_nsec markers (the Linux UTIME_* values).</summary>
+[CConstants]
+public static class UtimeConstants
+{
+    /// <summary>Set this timestamp to the current time.</summary>
+    public const int UNTORN_UTIME_NOW = (1 << 30) - 1;
+    /// <summary>Leave this timestamp unchanged.</summary>
+    public const int UNTORN_UTIME_OMIT = (1 << 30) - 2;
+}
+
+/// <summary>What untorn_fs_info reports. Set size = sizeof(struct untorn_fs_info); on return it holds the bytes filled.</summary>
+[CStruct("untorn_fs_info")]
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct UntornFsInfo
+{
+    /// <summary>sizeof(struct untorn_fs_info) as the caller knows it; set to the bytes filled on return (for ABI growth).</summary>
+    public uint size;
+    /// <summary>UNTORN_FS_* flags.</summary>
+    public uint flags;
+    /// <summary>Block size in bytes.</summary>
+    public uint block_size;
+    /// <summary>Allocation unit in bytes (the block size unless bigalloc).</summary>
+    public uint cluster_size;
+    /// <summary>Blocks in the filesystem (s_blocks_count).</summary>
+    public ulong blocks_count;
+    /// <summary>Free blocks (the group descriptors' sum, as statfs counts them).</summary>
+    public ulong free_blocks;
+    /// <summary>Blocks reserved for root (s_r_blocks_count).</summary>
+    public ulong reserved_blocks;
+    /// <summary>Inodes in the filesystem.</summary>
+    public uint inodes_count;
+    /// <summary>Free inodes (the group descriptors' sum).</summary>
+    public uint free_inodes;
+    /// <summary>On-disk inode size in bytes (128: times in whole seconds up to 2038).</summary>
+    public uint inode_size;
+    /// <summary>s_feature_compat (0x4: has_journal).</summary>
+    public uint feature_compat;
+    /// <summary>s_feature_incompat (0x4: needs_recovery).</summary>
+    public uint feature_incompat;
+    /// <summary>s_feature_ro_compat.</summary>
+    public uint feature_ro_compat;
+    /// <summary>Committed journal transactions replayed at open.</summary>
+    public uint replayed_transactions;
+    /// <summary>The filesystem UUID (s_uuid).</summary>
+    public fixed byte uuid[16];
+    /// <summary>The volume label (s_volume_name): NUL-padded, not NUL-terminated when 16 bytes long.</summary>
+    [CType("char")]
+    public fixed byte volume_name[16];
+}
+
+/// <summary>untorn_fs_info flags: the guarantees of an opened image.</summary>
+[CConstants]
+public static class FsInfoFlags
+{
+    /// <summary>The filesystem has a journal: each metadata operation commits as a unit and survives a crash (without it, metadata is written in place and a crash may need e2fsck).</summary>
+    public const uint UNTORN_FS_JOURNALED = 0x1;
+    /// <summary>Opened read-only: every modifying call fails with -EROFS.</summary>
+    public const uint UNTORN_FS_READONLY = 0x2;
+    /// <summary>The journal needed recovery and committed transactions were replayed at open.</summary>
+    public const uint UNTORN_FS_REPLAYED = 0x4;
+    /// <summary>Opened with UNTORN_OPEN_NOREPLAY on a journal that needs recovery: reads show the image without its last committed changes.</summary>
+    public const uint UNTORN_FS_NOT_REPLAYED = 0x8;
 }

@@ -12,7 +12,7 @@ public static unsafe class Exports
     private static readonly ConcurrentDictionary<int, nint> Messages = new();
     private static readonly nint VersionString = Marshal.StringToCoTaskMemUTF8(LibraryVersion.Text);
 
-    /// <summary>Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL.</summary>
+    /// <summary>Open an ext4 image file or block device; *fsp receives the handle. opts may be NULL (read-write, journal replayed if needed).</summary>
     [UnmanagedCallersOnly(EntryPoint = "untorn_open_image")]
     public static int OpenImage([CType("const char *")] byte* path, [CType("const struct untorn_open_opts *")] UntornOpenOpts* opts, UntornFs** fsp)
     {
@@ -25,8 +25,10 @@ public static unsafe class Exports
                 if (opts->size < sizeof(uint)) return -Errno.EINVAL;
                 if (opts->size >= 2 * sizeof(uint)) flags = opts->flags;
             }
-            if ((flags & ~OpenImageFlags.UNTORN_OPEN_RDONLY) != 0) return -Errno.EINVAL;
-            var fs = Ext4Fs.Open(Utf8(path), new OpenOptions { ReadOnly = (flags & OpenImageFlags.UNTORN_OPEN_RDONLY) != 0 });
+            const uint known = OpenImageFlags.UNTORN_OPEN_RDONLY | OpenImageFlags.UNTORN_OPEN_NOREPLAY;
+            bool readOnly = (flags & OpenImageFlags.UNTORN_OPEN_RDONLY) != 0, noReplay = (flags & OpenImageFlags.UNTORN_OPEN_NOREPLAY) != 0;
+            if ((flags & ~known) != 0 || noReplay && !readOnly) return -Errno.EINVAL; // like the kernel's noload, only read-only
+            var fs = Ext4Fs.Open(Utf8(path), new OpenOptions { ReadOnly = readOnly, NoReplay = noReplay });
             *fsp = Handles.Register(fs);
             return 0;
         }
@@ -314,6 +316,89 @@ public static unsafe class Exports
             if (path == null && (flags & AtFlags.EmptyPath) == 0) return -Errno.EFAULT;
             var st = f.Statx(dirfd, path == null ? [] : Bytes(path), flags, mask);
             Fill(@out, st);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>utimensat(2): times[0] atime, times[1] mtime (NULL: both now; tv_nsec UNTORN_UTIME_NOW/_OMIT); ctime becomes now. dirfd is UNTORN_AT_ROOT or a descriptor; a NULL path with a descriptor is futimens(fd); flags AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_utimensat")]
+    public static int Utimensat(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, [CType("const struct untorn_timespec *")] UntornTimespec* times, int flags)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            TimeSpec[]? ts = times == null ? null : [new(times[0].tv_sec, times[0].tv_nsec), new(times[1].tv_sec, times[1].tv_nsec)];
+            if (path != null) f.Utimensat(dirfd, Bytes(path), ts, flags);
+            else if (dirfd == AtFlags.Root) return -Errno.EFAULT;
+            else if (flags != 0) return -Errno.EINVAL;
+            else f.Futimens(dirfd, ts);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>fchmodat2(2): set the permission, set-id and sticky bits (mode &amp; 07777) of path; ctime becomes now. flags AT_SYMLINK_NOFOLLOW (a symlink: -EOPNOTSUPP), AT_EMPTY_PATH.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fchmodat")]
+    public static int Fchmodat(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, uint mode, int flags)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Fchmodat(dirfd, Bytes(path), mode, flags);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>fchownat(2) as root: uid or gid (uint32_t)-1 leaves it unchanged; a non-directory loses S_ISUID, and S_ISGID if group-executable; ctime becomes now. flags AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fchownat")]
+    public static int Fchownat(UntornFs* fs, int dirfd, [CType("const char *")] byte* path, [CType("uint32_t")] uint uid, [CType("uint32_t")] uint gid, int flags)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (path == null) return -Errno.EFAULT;
+            f.Fchownat(dirfd, Bytes(path), uid, gid, flags);
+            return 0;
+        }
+        catch (Exception e) { return ErrnoMapper.Of(e); }
+    }
+
+    /// <summary>The image's guarantees (UNTORN_FS_* flags), geometry, free counts (like statfs), UUID and feature words. Set out->size first; fields past it are not written.</summary>
+    [UnmanagedCallersOnly(EntryPoint = "untorn_fs_info")]
+    public static int FsInfo(UntornFs* fs, UntornFsInfo* @out)
+    {
+        try
+        {
+            var f = Handles.Get(fs);
+            if (@out == null) return -Errno.EFAULT;
+            uint size = @out->size;
+            if (size < 2 * sizeof(uint)) return -Errno.EINVAL; // at least size and flags
+            var info = f.Info();
+            var full = new UntornFsInfo
+            {
+                flags = (info.Journaled ? FsInfoFlags.UNTORN_FS_JOURNALED : 0) | (info.ReadOnly ? FsInfoFlags.UNTORN_FS_READONLY : 0)
+                    | (info.ReplayedTransactions > 0 ? FsInfoFlags.UNTORN_FS_REPLAYED : 0) | (info.JournalNotReplayed ? FsInfoFlags.UNTORN_FS_NOT_REPLAYED : 0),
+                block_size = info.BlockSize,
+                cluster_size = info.ClusterSize,
+                blocks_count = info.BlocksCount,
+                free_blocks = info.FreeBlocks,
+                reserved_blocks = info.ReservedBlocks,
+                inodes_count = info.InodesCount,
+                free_inodes = info.FreeInodes,
+                inode_size = info.InodeSize,
+                feature_compat = info.FeatureCompat,
+                feature_incompat = info.FeatureIncompat,
+                feature_ro_compat = info.FeatureRoCompat,
+                replayed_transactions = (uint)info.ReplayedTransactions,
+            };
+            info.Uuid.CopyTo(new Span<byte>(full.uuid, 16));
+            info.VolumeName.CopyTo(new Span<byte>(full.volume_name, 16));
+            uint n = Math.Min(size, (uint)sizeof(UntornFsInfo));
+            full.size = n;
+            new ReadOnlySpan<byte>(&full, (int)n).CopyTo(new Span<byte>(@out, (int)n));
             return 0;
         }
         catch (Exception e) { return ErrnoMapper.Of(e); }

@@ -98,14 +98,45 @@ internal sealed class InodeBuffer
     /// Sets a timestamp: seconds at <paramref name="secondsOffset"/>, and where the inode has room
     /// for it, the extra field (nanoseconds &lt;&lt; 2 | epoch bits) at <paramref name="extraOffset"/>.
     /// </summary>
-    public void SetTime(int secondsOffset, int extraOffset, DateTimeOffset t)
+    public void SetTime(int secondsOffset, int extraOffset, DateTimeOffset t) =>
+        SetTime(secondsOffset, extraOffset, t.ToUnixTimeSeconds(), (uint)(t.UtcTicks % TimeSpan.TicksPerSecond) * 100);
+
+    /// <summary>
+    /// EXT4_INODE_SET_XTIME: with room for the extra field, the low 32 bits of the seconds plus
+    /// ext4_encode_extra_time's epoch bits (sec - (s32)sec) >> 32 and the nanoseconds; without it,
+    /// the seconds clamped to the signed 32-bit range.
+    /// </summary>
+    public void SetTime(int secondsOffset, int extraOffset, long sec, uint nsec)
     {
-        long sec = t.ToUnixTimeSeconds();
-        uint nsec = (uint)(t.UtcTicks % TimeSpan.TicksPerSecond) * 100;
-        BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(secondsOffset), (uint)sec);
         ushort extra = Raw.Length > Inode.GoodOldSize ? BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x80)) : (ushort)0;
         if (Raw.Length > Inode.GoodOldSize && Inode.GoodOldSize + extra >= extraOffset + 4)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(secondsOffset), (uint)sec);
             BinaryPrimitives.WriteUInt32LittleEndian(Raw.AsSpan(extraOffset), nsec << 2 | (uint)((sec - (int)sec) >> 32) & 3);
+        }
+        else BinaryPrimitives.WriteInt32LittleEndian(Raw.AsSpan(secondsOffset), (int)Math.Clamp(sec, int.MinValue, int.MaxValue));
+    }
+
+    /// <summary>i_uid: the low 16 bits at 0x02, the high 16 in osd2's l_i_uid_high.</summary>
+    public uint Uid
+    {
+        get => BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x2)) | (uint)BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x78)) << 16;
+        set
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(Raw.AsSpan(0x2), (ushort)value);
+            BinaryPrimitives.WriteUInt16LittleEndian(Raw.AsSpan(0x78), (ushort)(value >> 16));
+        }
+    }
+
+    /// <summary>i_gid: the low 16 bits at 0x18, the high 16 in osd2's l_i_gid_high.</summary>
+    public uint Gid
+    {
+        get => BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x18)) | (uint)BinaryPrimitives.ReadUInt16LittleEndian(Raw.AsSpan(0x7A)) << 16;
+        set
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(Raw.AsSpan(0x18), (ushort)value);
+            BinaryPrimitives.WriteUInt16LittleEndian(Raw.AsSpan(0x7A), (ushort)(value >> 16));
+        }
     }
 
     public uint Generation => BinaryPrimitives.ReadUInt32LittleEndian(Raw.AsSpan(0x64));

@@ -14,7 +14,7 @@ namespace Untorn.Tests;
 public partial class Jbd2RecoveryTests
 {
     /// <summary>k transactions, each relabelling the filesystem and touching the root inode, left in the log.</summary>
-    private static void WriteLog(string image, int transactions)
+    internal static void WriteLog(string image, int transactions)
     {
         using var fs = Ext4Fs.Open(image);
         var jw = new Jbd2CommitWriter(fs.Cache.Inner, Jbd2Journal.Open(fs), fs.Super) { CheckpointAfterCommit = false };
