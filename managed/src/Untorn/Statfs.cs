@@ -37,13 +37,7 @@ public sealed partial class Ext4Fs
     /// </summary>
     public FsInfo Info()
     {
-        ulong freeClusters = 0, freeInodes = 0;
-        for (uint g = 0; g < Super.GroupCount; g++)
-        {
-            var gd = Group(g);
-            freeClusters += gd.FreeBlocksCount;
-            freeInodes += gd.FreeInodesCount;
-        }
+        var (freeBlocks, freeInodes) = Groups.FreeSums();
         var raw = new byte[Superblock.Size];
         Device.Read(Superblock.Offset, raw);
         // s_r_blocks_count: the blocks only root may allocate (statfs's f_bfree - f_bavail).
@@ -58,10 +52,10 @@ public sealed partial class Ext4Fs
             BlockSize = (uint)Super.BlockSize,
             ClusterSize = (uint)Super.ClusterSize,
             BlocksCount = Super.BlocksCount,
-            FreeBlocks = freeClusters * (ulong)(Super.ClusterSize / Super.BlockSize),
+            FreeBlocks = freeBlocks,
             ReservedBlocks = reserved,
             InodesCount = Super.InodesCount,
-            FreeInodes = (uint)freeInodes,
+            FreeInodes = freeInodes,
             InodeSize = Super.InodeSize,
             FeatureCompat = Super.FeatureCompat,
             FeatureIncompat = Super.FeatureIncompat,
