@@ -95,7 +95,6 @@ public class FileWriteTests
     [Theory]
     [InlineData("ext3", "/size-4097")]       // indirect-mapped
     [InlineData("ext4-inline", "/hello.txt")] // inline data
-    [InlineData("ext4-bigalloc", "/size-4097")]
     public void Pwrite_UnsupportedLayouts_EopnotsuppAndImageUnchanged(string config, string path)
     {
         TestImages.Require();
