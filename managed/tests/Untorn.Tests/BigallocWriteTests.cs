@@ -240,6 +240,200 @@ public partial class BigallocWriteTests
         finally { File.Delete(image); }
     }
 
+    [Theory]
+    [MemberData(nameof(Configs))]
+    public void ImpliedCluster_BlocksOfOneClusterShareIt_FreedOnlyWithItsLastBlock(string options, int mib)
+    {
+        var image = MakeImage(options, mib);
+        try
+        {
+            long free0 = DumpFreeBlocks(image), root0 = DebugfsSectors(image, "/");
+            int bs, cluster, ratio;
+            var model = new byte[0];
+            void Edit(Action<Ext4Fs, int> act)
+            {
+                using var fs = Ext4Fs.Open(image);
+                int fd = fs.Open(B("/a"), OpenFlags.RdWr | OpenFlags.Creat, Mode);
+                act(fs, fd);
+                fs.Close(fd);
+            }
+            using (var fs = Ext4Fs.Open(image)) (bs, cluster) = (fs.Super.BlockSize, fs.Super.ClusterSize);
+            ratio = cluster / bs;
+            var rng = new Random(ratio);
+            byte[] Data(int n) { var d = new byte[n]; rng.NextBytes(d); return d; }
+            var d1 = Data(100);
+            var d3 = Data(bs);
+            Edit((fs, fd) =>
+            {
+                fs.Pwrite(fd, d1, bs);
+                fs.Fsync(fd);
+                int other = fs.Open(B("/b"), OpenFlags.RdWr | OpenFlags.Creat, Mode);
+                fs.Pwrite(other, Data(bs), 0); // takes the cluster after /a's
+                fs.Close(other);
+                fs.Pwrite(fd, d3, (long)(ratio - 1) * bs); // same logical cluster as block 1
+            });
+            model = new byte[ratio * bs];
+            d1.CopyTo(model, bs);
+            d3.CopyTo(model, (ratio - 1) * bs);
+            FileSpaceTests.AssertFsck(image, options + " two blocks of a cluster");
+            ulong Phys(ulong lblk) => FileSpaceTests.DebugfsExtents(image, "/a").Single(e => e.L <= lblk && lblk < e.L + e.N) is var e ? e.P + (lblk - e.L) : 0;
+            ulong p1 = Phys(1), pLast = Phys((ulong)ratio - 1);
+            Assert.Equal(p1 / (ulong)ratio, pLast / (ulong)ratio);
+            Assert.Equal(1UL, p1 % (ulong)ratio);
+            Assert.Equal(cluster / 512, DebugfsSectors(image, "/a"));
+            long held = free0 - 2 * ratio - (DebugfsSectors(image, "/") - root0) * 512 / bs;
+            Assert.Equal(held, DumpFreeBlocks(image));
+
+            // Punching block 1 leaves block ratio-1 in the cluster: nothing is freed.
+            Edit((fs, fd) => fs.Fallocate(fd, FallocFlags.PunchHole | FallocFlags.KeepSize, bs, bs));
+            Array.Clear(model, bs, bs);
+            FileSpaceTests.AssertFsck(image, options + " punched block 1");
+            Assert.Equal(held, DumpFreeBlocks(image));
+            Assert.Equal(cluster / 512, DebugfsSectors(image, "/a"));
+
+            // A new block 0 goes to offset 0 of the cluster the file already owns.
+            var d0 = Data(bs / 2 + 3);
+            Edit((fs, fd) => fs.Pwrite(fd, d0, 0));
+            d0.CopyTo(model, 0);
+            FileSpaceTests.AssertFsck(image, options + " block 0 added");
+            Assert.Equal(pLast - (ulong)(ratio - 1), Phys(0));
+            Assert.Equal(held, DumpFreeBlocks(image));
+
+            // Truncating to mid-cluster keeps the cluster; truncating its last block away frees it.
+            Edit((fs, fd) => fs.Ftruncate(fd, bs + 7));
+            model = model[..(bs + 7)];
+            FileSpaceTests.AssertFsck(image, options + " truncated mid-cluster");
+            Assert.Equal(held, DumpFreeBlocks(image));
+            Assert.True(FileSpaceTests.Dump(image, "/a").AsSpan().SequenceEqual(model), "debugfs reads /a differently");
+            KernelReads(image, new() { ["/a"] = model }, [], options);
+            Edit((fs, fd) => fs.Ftruncate(fd, 0));
+            FileSpaceTests.AssertFsck(image, options + " truncated to 0");
+            Assert.Equal(held + ratio, DumpFreeBlocks(image));
+            Assert.Equal(0, DebugfsSectors(image, "/a"));
+        }
+        finally { File.Delete(image); }
+    }
+
+    public static TheoryData<string, int, int> AlignedConfigs => new()
+    {
+        { "-b 4096 -O bigalloc -C 16384", 64, 4096 },
+        { "-b 4096 -O bigalloc -C 16384", 64, 8192 },
+        { "-b 4096 -O bigalloc -C 16384", 64, 16384 },
+        { "-b 4096 -O bigalloc -C 16384", 64, 65536 },
+        { "-b 4096 -O bigalloc -C 16384", 64, 1 << 20 },
+        { "-b 4096 -O bigalloc -C 65536", 128, 16384 },
+        { "-b 4096 -O bigalloc -C 65536", 128, 65536 },
+        { "-b 4096 -O bigalloc -C 65536", 128, 1 << 20 },
+        { "-b 1024 -O bigalloc -C 4096", 64, 1024 },
+        { "-b 1024 -O bigalloc -C 4096", 64, 2048 },
+        { "-b 1024 -O bigalloc -C 4096", 64, 16384 },
+        { "-b 1024 -O bigalloc -C 4096", 64, 1 << 20 },
+    };
+
+    [Theory]
+    [MemberData(nameof(AlignedConfigs))]
+    public void AllocAligned_Bigalloc_UnitsPhysicallyAlignedInBytesPerDebugfs(string options, int mib, int align)
+    {
+        var image = MakeImage(options, mib);
+        try
+        {
+            var ranges = new List<(long Off, long Len)>();
+            byte[] model;
+            var rng = new Random(align);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                int bs = fs.Super.BlockSize, cluster = fs.Super.ClusterSize;
+                int fd = fs.Open(B("/aligned"), OpenFlags.RdWr | OpenFlags.Creat | OpenFlags.Excl, Mode);
+                model = new byte[(align < cluster ? cluster : 0) + 4L * align];
+                if (align < cluster)
+                {
+                    // The file already owns cluster 0 (its last block): smaller units there use it.
+                    var last = new byte[bs];
+                    rng.NextBytes(last);
+                    fs.Pwrite(fd, last, cluster - bs);
+                    last.CopyTo(model, cluster - bs);
+                    ranges.Add((0, cluster - align));
+                    ranges.Add((cluster, 4L * align));
+                }
+                else ranges.Add((0, 4L * align));
+                foreach (var (off, len) in ranges) fs.AllocAligned(fd, off, len, (uint)align, 0);
+                Assert.Equal((ulong)model.Length, fs.Statx(fd, [], AtFlags.EmptyPath, StatxMask.BasicStats).Size);
+                foreach (var (off, len) in ranges)
+                {
+                    var d = new byte[len];
+                    rng.NextBytes(d);
+                    fs.Pwrite(fd, d, off);
+                    d.CopyTo(model, off);
+                }
+                fs.Close(fd);
+            }
+            FileSpaceTests.AssertFsck(image, $"{options} align {align}");
+            var extents = FileSpaceTests.DebugfsExtents(image, "/aligned");
+            int blockSize = options.Contains("-b 1024") ? 1024 : 4096;
+            var bytes = extents.Select(e => (e.L * (ulong)blockSize, e.P * (ulong)blockSize, e.N * (ulong)blockSize, e.U));
+            foreach (var (off, len) in ranges) AssertUnitsAligned(bytes, (ulong)off, (ulong)len, (ulong)align, $"{options} debugfs");
+            Assert.True(FileSpaceTests.Dump(image, "/aligned").AsSpan().SequenceEqual(model), "debugfs reads differently");
+            KernelReads(image, new() { ["/aligned"] = model }, [], options);
+        }
+        finally { File.Delete(image); }
+    }
+
+    [Theory]
+    [MemberData(nameof(Configs))]
+    public void Directories_GrowAcrossClustersThenRemoved_FsckCleanAndClustersReturn(string options, int mib)
+    {
+        var image = MakeImage(options, mib);
+        try
+        {
+            long free0 = DumpFreeBlocks(image), root0 = DebugfsSectors(image, "/");
+            var names = Enumerable.Range(0, 700).Select(i => $"/d/{i:D4}-{new string('n', 110)}").ToList();
+            int cluster;
+            using (var fs = Ext4Fs.Open(image))
+            {
+                cluster = fs.Super.ClusterSize;
+                fs.Mkdir(B("/d"), 0x1ED);
+                foreach (var n in names)
+                {
+                    int fd = fs.Open(B(n), OpenFlags.RdWr | OpenFlags.Creat | OpenFlags.Excl, Mode);
+                    if (n[3] == '7') fs.Pwrite(fd, B(n), 5000);
+                    fs.Close(fd);
+                }
+                fs.Mkdir(B("/d/sub"), 0x1ED);
+                fs.Symlink(B(new string('t', 300)), B("/d/sub/slow"));
+            }
+            FileSpaceTests.AssertFsck(image, options + " filled");
+            long dirSectors = DebugfsSectors(image, "/d");
+            Assert.True(dirSectors > cluster / 512 && dirSectors % (cluster / 512) == 0, $"{options}: /d holds {dirSectors} sectors");
+            if (Environment.UserName == "root")
+            {
+                var mnt = image + ".mnt";
+                Directory.CreateDirectory(mnt);
+                try
+                {
+                    if (Tools.Run("mount", ["-o", "loop,ro", image, mnt]).ExitCode == 0)
+                        try
+                        {
+                            Assert.Equal(names.Select(n => n[3..]).Append("sub").Order(StringComparer.Ordinal),
+                                Directory.GetFileSystemEntries(mnt + "/d").Select(Path.GetFileName).Order(StringComparer.Ordinal));
+                            Assert.Equal(new string('t', 300), new FileInfo(mnt + "/d/sub/slow").LinkTarget);
+                        }
+                        finally { Tools.Run("umount", [mnt]); }
+                }
+                finally { Directory.Delete(mnt); }
+            }
+            using (var fs = Ext4Fs.Open(image))
+            {
+                foreach (var n in names) fs.Unlink(B(n));
+                fs.Unlink(B("/d/sub/slow"));
+                fs.Rmdir(B("/d/sub"));
+                fs.Rmdir(B("/d"));
+            }
+            FileSpaceTests.AssertFsck(image, options + " emptied");
+            Assert.Equal(free0 - (DebugfsSectors(image, "/") - root0) * 512 / (options.Contains("-b 1024") ? 1024 : 4096), DumpFreeBlocks(image));
+        }
+        finally { File.Delete(image); }
+    }
+
     private static void KernelReads(string image, Dictionary<string, byte[]> files, Dictionary<string, string> symlinks, string label)
     {
         if (Environment.UserName != "root")
