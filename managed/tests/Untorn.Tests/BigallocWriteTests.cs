@@ -434,6 +434,79 @@ public partial class BigallocWriteTests
         finally { File.Delete(image); }
     }
 
+    [GeneratedRegex(@"^\s*0/\s*2\s", RegexOptions.Multiline)]
+    private static partial Regex DepthTwoRoot();
+
+    [Theory]
+    [InlineData("-b 1024 -O bigalloc -C 4096", 64, 300)]
+    [InlineData("-b 4096 -O bigalloc -C 16384", 64, 700)]
+    public void TwoExtentsPerCluster_TreeOfDepthTwo_PunchKeepsClustersTruncateFreesAll(string options, int mib, int clusters)
+    {
+        var image = MakeImage(options, mib);
+        try
+        {
+            long free0 = DumpFreeBlocks(image), root0 = DebugfsSectors(image, "/");
+            int bs, ratio;
+            var model = new byte[0];
+            using (var fs = Ext4Fs.Open(image))
+            {
+                bs = fs.Super.BlockSize;
+                ratio = fs.Super.ClusterSize / bs;
+                model = new byte[(long)clusters * ratio * bs];
+                var rng = new Random(clusters);
+                int fd = fs.Open(B("/many"), OpenFlags.RdWr | OpenFlags.Creat, Mode);
+                // Blocks 0 then 2 of every cluster: two extents each, the second in the cluster the first took.
+                foreach (int inCluster in new[] { 0, 2 })
+                    for (int c = 0; c < clusters; c++)
+                    {
+                        var d = new byte[bs];
+                        rng.NextBytes(d);
+                        long off = ((long)c * ratio + inCluster) * bs;
+                        fs.Pwrite(fd, d, off);
+                        d.CopyTo(model, off);
+                    }
+                fs.Ftruncate(fd, model.Length);
+                fs.Close(fd);
+            }
+            FileSpaceTests.AssertFsck(image, options + " written");
+            var (rc, ex) = Tools.Run(Tools.RequireTool("debugfs"), ["-R", "ex /many", image]);
+            Assert.True(rc == 0 && DepthTwoRoot().IsMatch(ex), $"{options}: expected a tree of depth 2:\n{ex[..Math.Min(ex.Length, 400)]}");
+            var extents = FileSpaceTests.DebugfsExtents(image, "/many");
+            Assert.Equal(2 * clusters, extents.Count);
+            for (int c = 0; c < clusters; c++)
+            {
+                var (b0, b2) = (extents[2 * c], extents[2 * c + 1]);
+                Assert.True(b0.L == (ulong)(c * ratio) && b2.L == b0.L + 2 && b2.P == b0.P + 2 && b0.P % (ulong)ratio == 0, $"{options}: cluster {c} maps {b0} and {b2}");
+            }
+            long sectors = DebugfsSectors(image, "/many");
+            Assert.Equal(free0 - DumpFreeBlocks(image), (sectors + DebugfsSectors(image, "/") - root0) * 512 / bs);
+            Assert.True(FileSpaceTests.Dump(image, "/many").AsSpan().SequenceEqual(model), "debugfs reads differently");
+            KernelReads(image, new() { ["/many"] = model }, [], options);
+
+            long held = DumpFreeBlocks(image);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                int fd = fs.Open(B("/many"), OpenFlags.RdWr, 0);
+                for (int c = 0; c < clusters; c++)
+                    fs.Fallocate(fd, FallocFlags.PunchHole | FallocFlags.KeepSize, (long)c * ratio * bs, bs);
+                fs.Close(fd);
+            }
+            FileSpaceTests.AssertFsck(image, options + " block 0s punched");
+            // Every cluster keeps its block 2; only tree nodes may have gone.
+            Assert.Equal(held + (sectors - DebugfsSectors(image, "/many")) * 512 / bs, DumpFreeBlocks(image));
+            Assert.True(DebugfsSectors(image, "/many") >= (long)clusters * ratio * bs / 512);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                int fd = fs.Open(B("/many"), OpenFlags.RdWr | OpenFlags.Trunc, 0);
+                fs.Close(fd);
+            }
+            FileSpaceTests.AssertFsck(image, options + " truncated");
+            Assert.Equal(0, DebugfsSectors(image, "/many"));
+            Assert.Equal(free0 - (DebugfsSectors(image, "/") - root0) * 512 / bs, DumpFreeBlocks(image));
+        }
+        finally { File.Delete(image); }
+    }
+
     private static void KernelReads(string image, Dictionary<string, byte[]> files, Dictionary<string, string> symlinks, string label)
     {
         if (Environment.UserName != "root")
