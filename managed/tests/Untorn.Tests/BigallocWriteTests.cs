@@ -20,6 +20,7 @@ public partial class BigallocWriteTests
         { "-b 4096 -O bigalloc -C 16384", 64 },
         { "-b 4096 -O bigalloc -C 65536", 128 },
         { "-b 1024 -O bigalloc -C 4096", 64 },
+        { "-b 4096 -O bigalloc -C 16384 -g 8192", 128 }, // four groups: runs and frees across group bounds
     };
 
     private static string MakeImage(string options, int mib)
