@@ -508,6 +508,54 @@ public partial class BigallocWriteTests
         finally { File.Delete(image); }
     }
 
+    [Fact]
+    public void FullFilesystem_NewBlockInOwnedCluster_NeedsNoSpace()
+    {
+        var image = MakeImage("-b 4096 -O bigalloc -C 16384", 32);
+        try
+        {
+            var a = new byte[16384];
+            var fill = new List<byte>();
+            var rng = new Random(5);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                int fa = fs.Open(B("/a"), OpenFlags.RdWr | OpenFlags.Creat, Mode);
+                rng.NextBytes(a.AsSpan(0, 4096));
+                fs.Pwrite(fa, a.AsSpan(0, 4096), 0);
+                fs.Close(fa);
+                int ff = fs.Open(B("/fill"), OpenFlags.RdWr | OpenFlags.Creat, Mode);
+                for (int chunk = 1 << 20; chunk >= 16384; chunk /= 2)
+                    while (true)
+                    {
+                        var d = new byte[chunk];
+                        rng.NextBytes(d);
+                        try { fs.Pwrite(ff, d, fill.Count); }
+                        catch (Ext4Exception e) when (e.Errno == Errno.ENOSPC) { break; } // all or nothing: the model keeps what came before
+                        fill.AddRange(d);
+                    }
+                Assert.Equal(Errno.ENOSPC, Assert.Throws<Ext4Exception>(() => fs.Pwrite(ff, new byte[1], fill.Count + 16384)).Errno);
+                fs.Close(ff);
+            }
+            FileSpaceTests.AssertFsck(image, "filled");
+            long free = DumpFreeBlocks(image);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                // Blocks 1..3 of /a live in the cluster block 0 took: no new cluster is needed.
+                int fa = fs.Open(B("/a"), OpenFlags.RdWr, 0);
+                rng.NextBytes(a.AsSpan(4096));
+                fs.Pwrite(fa, a.AsSpan(4096), 4096);
+                fs.Close(fa);
+            }
+            FileSpaceTests.AssertFsck(image, "owned cluster written");
+            Assert.Equal(free, DumpFreeBlocks(image));
+            Assert.Equal(16384 / 512, DebugfsSectors(image, "/a"));
+            Assert.True(FileSpaceTests.Dump(image, "/a").AsSpan().SequenceEqual(a), "debugfs reads /a differently");
+            Assert.True(FileSpaceTests.Dump(image, "/fill").AsSpan().SequenceEqual(fill.ToArray()), "debugfs reads /fill differently");
+            KernelReads(image, new() { ["/a"] = a, ["/fill"] = fill.ToArray() }, [], "full");
+        }
+        finally { File.Delete(image); }
+    }
+
     private static void KernelReads(string image, Dictionary<string, byte[]> files, Dictionary<string, string> symlinks, string label)
     {
         if (Environment.UserName != "root")
