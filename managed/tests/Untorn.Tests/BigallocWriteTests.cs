@@ -556,6 +556,70 @@ public partial class BigallocWriteTests
         finally { File.Delete(image); }
     }
 
+    [Theory]
+    [MemberData(nameof(Configs))]
+    public void KernelWritesIntoOurClusters_UsesTheClusterWeGave(string options, int mib)
+    {
+        if (Environment.UserName != "root") Assert.Skip("needs root to mount the image read-write (the kernel is the oracle here)");
+        var image = MakeImage(options, mib);
+        var mnt = image + ".mnt";
+        try
+        {
+            int bs, ratio;
+            var model = new List<byte>();
+            var rng = new Random(mib);
+            using (var fs = Ext4Fs.Open(image))
+            {
+                bs = fs.Super.BlockSize;
+                ratio = fs.Super.ClusterSize / bs;
+                int fd = fs.Open(B("/k"), OpenFlags.RdWr | OpenFlags.Creat, Mode);
+                var d = new byte[bs / 2];
+                rng.NextBytes(d);
+                fs.Pwrite(fd, d, 0);
+                model.AddRange(d);
+                fs.Fallocate(fd, FallocFlags.KeepSize, 2L * bs, bs); // an unwritten block in the same cluster
+                fs.Close(fd);
+            }
+            Directory.CreateDirectory(mnt);
+            var (rc, output) = Tools.Run("mount", ["-o", "loop", image, mnt]);
+            if (rc != 0) Assert.Skip($"mount -o loop failed: {output.Trim()}");
+            try
+            {
+                using var f = new FileStream(mnt + "/k", FileMode.Open, FileAccess.ReadWrite);
+                foreach (long blk in new long[] { 1, ratio - 1, 2 })
+                {
+                    var d = new byte[bs];
+                    rng.NextBytes(d);
+                    f.Seek(blk * bs, SeekOrigin.Begin);
+                    f.Write(d);
+                    while (model.Count < (blk + 1) * bs) model.Add(0);
+                    for (int i = 0; i < bs; i++) model[(int)(blk * bs) + i] = d[i];
+                }
+                f.Flush(true);
+            }
+            finally { Tools.Run("umount", [mnt]); }
+            FileSpaceTests.AssertFsck(image, options + " after the kernel's writes");
+            var extents = FileSpaceTests.DebugfsExtents(image, "/k");
+            ulong first = extents[0].P;
+            Assert.True(first % (ulong)ratio == 0, $"{options}: block 0 at {first}");
+            foreach (var e in extents)
+                Assert.True(e.P - first == e.L, $"{options}: the kernel put logical {e.L} at {e.P}, outside the cluster at {first}");
+            Assert.Equal(ratio * bs / 512, DebugfsSectors(image, "/k"));
+            using (var fs = Ext4Fs.Open(image, new OpenOptions { ReadOnly = true }))
+            {
+                int fd = fs.Open(B("/k"), OpenFlags.RdOnly, 0);
+                var back = new byte[model.Count + 1];
+                Assert.Equal(model.Count, fs.Pread(fd, back, 0));
+                Assert.True(back.AsSpan(0, model.Count).SequenceEqual(model.ToArray()), "untorn reads the kernel's writes differently");
+            }
+        }
+        finally
+        {
+            if (Directory.Exists(mnt)) Directory.Delete(mnt);
+            File.Delete(image);
+        }
+    }
+
     private static void KernelReads(string image, Dictionary<string, byte[]> files, Dictionary<string, string> symlinks, string label)
     {
         if (Environment.UserName != "root")
