@@ -106,7 +106,16 @@ public partial class BigallocWriteTests
                 Files.Remove(f);
                 return;
             }
-            if (op < 21)
+            if (op < 23)
+            {
+                // A second name shares the file (and its model); each name has its own descriptor.
+                var link = NewName("l");
+                fs.Link(B(f), B(link));
+                Files[link] = Files[f];
+                Fds[link] = fs.Open(B(link), OpenFlags.RdWr, 0);
+                return;
+            }
+            if (op < 26)
             {
                 var to = NewName("r");
                 fs.Rename(B(f), B(to));
@@ -220,7 +229,9 @@ public partial class BigallocWriteTests
             }
             FileSpaceTests.AssertFsck(image, options);
             long sectors = DebugfsSectors(image, "/") - rootBefore;
-            foreach (var f in w.Files.Keys.Concat(w.Dirs.Skip(1)).Concat(w.Symlinks.Keys))
+            // One name per inode: hard links share their model list.
+            var inodes = w.Files.GroupBy(p => p.Value, ReferenceEqualityComparer.Instance).Select(g => g.First().Key);
+            foreach (var f in inodes.Concat(w.Dirs.Skip(1)).Concat(w.Symlinks.Keys))
             {
                 long s = DebugfsSectors(image, f);
                 Assert.True(s % (cluster / 512) == 0, $"{options}: {f} has i_blocks {s}, not whole clusters");
