@@ -100,9 +100,12 @@ public partial class BigallocWriteTests
             var f = AnyFile()!;
             if (op < 18)
             {
-                fs.Close(Fds[f]);
-                Fds.Remove(f);
+                // Half the time the name goes first and the space at the last close.
+                bool openWhileUnlinked = rng.Next(2) == 0;
+                if (!openWhileUnlinked) fs.Close(Fds[f]);
                 fs.Unlink(B(f));
+                if (openWhileUnlinked) fs.Close(Fds[f]);
+                Fds.Remove(f);
                 Files.Remove(f);
                 return;
             }

@@ -110,6 +110,7 @@ public partial class FileSpaceTests
     [InlineData("ext4-4k", 1)]
     [InlineData("ext4-1k", 2)]
     [InlineData("ext4-no64-nocsum", 3)]
+    [InlineData("ext4-bigalloc", 4)]
     public void TruncateAndFallocate_Random_DebugfsAndKernelAgreeWithModel(string config, int seed)
     {
         TestImages.Require();

@@ -20,6 +20,7 @@ public class FileWriteTests
     [InlineData("ext4-no64-nocsum", 3)]
     [InlineData("ext4-metabg", 4)]
     [InlineData("ext4-128inode", 5)]
+    [InlineData("ext4-bigalloc", 6)] // mke2fs -d's bigalloc layout (1K blocks, 16K clusters) written over
     public void RandomPwrites_DebugfsKernelAndFsckAgreeWithModel(string config, int seed)
     {
         TestImages.Require();
