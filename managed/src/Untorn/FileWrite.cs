@@ -34,8 +34,9 @@ internal sealed class WriteState : IDisposable
 }
 
 // pwrite/pwritev2/fsync: the data write path of extent-mapped regular files (fs/ext4/file.c,
-// inode.c): holes get clusters from mballoc (or their cluster's block, bigalloc) and written extents; unwritten extents are written
-// and converted; i_size, i_blocks, mtime and ctime follow. Data goes straight to the device before
+// inode.c): holes get clusters from mballoc (with bigalloc, a hole in a cluster the file owns
+// takes that cluster's block) and written extents; unwritten extents are written and converted;
+// i_size, i_blocks, mtime and ctime follow. Data goes straight to the device before
 // the metadata that points at it commits (ordered mode).
 public sealed partial class Ext4Fs
 {
