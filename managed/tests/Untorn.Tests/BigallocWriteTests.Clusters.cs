@@ -184,7 +184,7 @@ public partial class BigallocWriteTests
                                 Directory.GetFileSystemEntries(mnt + "/d").Select(Path.GetFileName).Order(StringComparer.Ordinal));
                             Assert.Equal(new string('t', 300), new FileInfo(mnt + "/d/sub/slow").LinkTarget);
                         }
-                        finally { Tools.Run("umount", [mnt]); }
+                        finally { Tools.Umount(mnt); }
                 }
                 finally { Directory.Delete(mnt); }
             }
@@ -363,7 +363,7 @@ public partial class BigallocWriteTests
                 }
                 f.Flush(true);
             }
-            finally { Tools.Run("umount", [mnt]); }
+            finally { Tools.Umount(mnt); }
             FileSpaceTests.AssertFsck(image, options + " after the kernel's writes");
             var extents = FileSpaceTests.DebugfsExtents(image, "/k");
             ulong first = extents[0].P;

@@ -279,7 +279,7 @@ public partial class BigallocWriteTests
                 foreach (var (s, t) in symlinks)
                     Assert.Equal(t, new FileInfo(dir + s).LinkTarget);
             }
-            finally { Tools.Run("umount", [dir]); }
+            finally { Tools.Umount(dir); }
         }
         finally { Directory.Delete(dir); }
     }

@@ -173,7 +173,7 @@ public partial class FileSpaceTests
                 {
                     if (Tools.Run("mount", ["-o", "loop,ro", image, mnt]).ExitCode == 0)
                         try { Assert.True(File.ReadAllBytes(mnt + "/space").AsSpan().SequenceEqual(model.ToArray()), "the kernel reads differently"); }
-                        finally { Tools.Run("umount", [mnt]); }
+                        finally { Tools.Umount(mnt); }
                 }
                 finally { Directory.Delete(mnt); }
             }

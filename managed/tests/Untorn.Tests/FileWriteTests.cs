@@ -88,7 +88,7 @@ public class FileWriteTests
                 foreach (var (f, m) in model)
                     Assert.True(File.ReadAllBytes(dir + f).AsSpan().SequenceEqual(m.ToArray()), $"{config}: the kernel reads {f} differently");
             }
-            finally { Tools.Run("umount", [dir]); }
+            finally { Tools.Umount(dir); }
         }
         finally { Directory.Delete(dir); }
     }

@@ -178,7 +178,7 @@ public class NamespaceTests
                 // a full listing of the htree directory through the kernel's own index lookup
                 Assert.Equal(Directory.GetFileSystemEntries(mnt + "/bigdir").Length, Directory.GetFileSystemEntries(mnt + "/bigdir").Distinct().Count());
             }
-            finally { Tools.Run("umount", [mnt]); }
+            finally { Tools.Umount(mnt); }
         }
         finally { Directory.Delete(mnt); }
     }
