@@ -202,7 +202,7 @@ TEST(AlignedAllocation, UnitsPhysicallyAligned_FiemapAndDebugfsAgree) {
   EXPECT_EQ(std::stoull(last) * 1024 % align, 4096u) << "file block 4 sits 4 KiB into its 16 KiB unit";
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, Write, ::testing::Values("ext4-4k", "ext4-1k", "ext4-no64-nocsum", "ext4-metabg"),
+INSTANTIATE_TEST_SUITE_P(Configs, Write, ::testing::Values("ext4-4k", "ext4-1k", "ext4-no64-nocsum", "ext4-metabg", "ext4-bigalloc"),
                          [](const auto &info) { std::string s = info.param; std::replace(s.begin(), s.end(), '-', '_'); return s; });
 
 // A real process killed with SIGKILL at random moments while it appends and fsyncs through

@@ -325,10 +325,8 @@ internal sealed class DirWriter(Ext4Fs fs, TransactionManager.Handle h, InodeBuf
         var tree = new ExtentTree(fs, h, dir, alloc);
         var last = tree.ReadAll().LastOrDefault();
         ulong goal = last == default ? 0 : last.Physical + last.Length;
-        var (cluster, _) = alloc.AllocateData(h, dir.Number, lblk, 1, 1, goal);
-        tree.Insert(new Extent(lblk, 1, cluster, false));
+        var mapped = new ClusterMap(fs, h, dir, tree, alloc).MapHole(lblk, 1, unwritten: false, goal);
         dir.Size += (ulong)_bs;
-        dir.Sectors += (ulong)_bs / 512;
-        return cluster;
+        return mapped.Physical;
     }
 }

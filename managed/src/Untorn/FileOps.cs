@@ -58,8 +58,8 @@ public sealed partial class Ext4Fs
             if (writes && ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
             if ((flags & OpenFlags.Trunc) != 0 && inode.IsRegular && inode.Size != 0)
             {
-                if (!inode.HasExtents || inode.HasInlineData || Super.HasBigalloc)
-                    throw new Ext4Exception(Errno.EOPNOTSUPP, "truncating inline, indirect-mapped or bigalloc files is not supported yet");
+                if (!inode.HasExtents || inode.HasInlineData)
+                    throw new Ext4Exception(Errno.EOPNOTSUPP, "truncating inline or indirect-mapped files is not supported yet");
                 Truncate(inode.Number, 0);
                 inode = ReadInode(inode.Number);
             }

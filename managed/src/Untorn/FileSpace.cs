@@ -36,7 +36,7 @@ public sealed partial class Ext4Fs
             var tree = new ExtentTree(this, h, inode, ws.Allocator);
             ZeroPartialBlock(inode, length);
             ulong keep = (length + (ulong)bs - 1) / (ulong)bs;
-            FreeRuns(h, ws, inode, tree.Remove((uint)Math.Min(keep, uint.MaxValue), (1UL << 32) - keep));
+            new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove((uint)Math.Min(keep, uint.MaxValue), (1UL << 32) - keep));
             ws.Allocator.Mballoc.DiscardPreallocations(ino);
         }
         inode.Size = length;
@@ -98,19 +98,19 @@ public sealed partial class Ext4Fs
         if ((ulong)(offset + length) > MaxFileSize) throw new Ext4Exception(Errno.EFBIG, "past the largest file size");
         ulong unit = alignBytes / (ulong)bs;
         var ws = Writer;
-        if (unit > ws.Allocator.Mballoc.MaxAlign) throw new Ext4Exception(Errno.EINVAL, "alignment larger than a block group");
+        // Bigalloc: a unit below a cluster is aligned by its cluster's own alignment.
+        if (ws.Allocator.Mballoc.AlignmentInClusters(alignBytes) > ws.Allocator.Mballoc.MaxAlign)
+            throw new Ext4Exception(Errno.EINVAL, "alignment larger than a block group");
         using var h = ws.Transactions.Start();
         var inode = InodeBuffer.Load(this, f.Inode.Number);
         var tree = new ExtentTree(this, h, inode, ws.Allocator);
+        var clusters = new ClusterMap(this, h, inode, tree, ws.Allocator);
         for (ulong lblk = (ulong)offset / (ulong)bs; lblk < (ulong)(offset + length) / (ulong)bs; lblk += unit)
         {
             var run = BlockMapper.For(this, inode.Parsed).Map(lblk, unit);
             if (run.IsHole && run.Length >= unit)
             {
-                var (cluster, n) = ws.Allocator.AllocateData(h, inode.Number, lblk, unit, unit, GoalFor(tree, (uint)lblk));
-                if (n != unit || cluster % unit != 0) throw new InvalidOperationException("mballoc returned an unaligned unit");
-                tree.Insert(new Extent((uint)lblk, (uint)unit, cluster, Unwritten: true));
-                inode.Sectors += unit * (ulong)bs / 512;
+                clusters.MapAligned(lblk, unit, GoalFor(tree, (uint)lblk));
                 continue;
             }
             if (!run.IsHole && run.Length >= unit && run.Physical % unit == 0) continue; // already one aligned run
@@ -165,12 +165,13 @@ public sealed partial class Ext4Fs
         if ((f.Flags & OpenFlags.AccMode) == OpenFlags.RdOnly || f.IsPathOnly) throw new Ext4Exception(Errno.EBADF, "descriptor not open for writing");
         var inode = ReadInode(f.Inode.Number);
         if (!inode.IsRegular) throw new Ext4Exception(inode.IsDir ? Errno.EISDIR : Errno.EINVAL, "not a regular file");
-        if (!inode.HasExtents || inode.HasInlineData || Super.HasBigalloc)
-            throw new Ext4Exception(Errno.EOPNOTSUPP, "needs an extent-mapped file on a filesystem without bigalloc (for now)");
+        if (!inode.HasExtents || inode.HasInlineData)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, "needs an extent-mapped file (for now)");
         return f;
     }
 
-    // Unwritten extents over the holes of [start, end) (bytes), clusters near the file's data.
+    // Unwritten extents over the holes of [start, end) (bytes), clusters near the file's data
+    // (with bigalloc, a hole in a cluster the file already owns takes that cluster's blocks).
     private void ReserveUnwritten(TransactionManager.Handle h, WriteState ws, InodeBuffer inode, ExtentTree tree, ulong start, ulong end)
     {
         int bs = Super.BlockSize;
@@ -179,10 +180,7 @@ public sealed partial class Ext4Fs
             ulong want = (end + (ulong)bs - 1) / (ulong)bs - lblk;
             var run = BlockMapper.For(this, inode.Parsed).Map(lblk, want);
             if (!run.IsHole) { lblk += run.Length; continue; }
-            var (cluster, n) = ws.Allocator.AllocateData(h, inode.Number, lblk, run.Length, 1, GoalFor(tree, (uint)lblk));
-            tree.Insert(new Extent((uint)lblk, (uint)n, cluster, Unwritten: true));
-            inode.Sectors += n * (ulong)bs / 512;
-            lblk += n;
+            lblk += new ClusterMap(this, h, inode, tree, ws.Allocator).MapHole(lblk, run.Length, unwritten: true, GoalFor(tree, (uint)lblk)).Length;
         }
     }
 
@@ -195,16 +193,8 @@ public sealed partial class Ext4Fs
         if (firstWhole > endWhole) { ZeroRange(inode, start, end); return; }
         ZeroRange(inode, start, firstWhole * (ulong)bs);
         ZeroRange(inode, endWhole * (ulong)bs, end);
-        if (endWhole > firstWhole) FreeRuns(h, ws, inode, tree.Remove((uint)firstWhole, endWhole - firstWhole));
-    }
-
-    private void FreeRuns(TransactionManager.Handle h, WriteState ws, InodeBuffer inode, List<Extent> removed)
-    {
-        foreach (var e in removed)
-        {
-            ws.Allocator.Free(h, e.Physical, e.Length);
-            inode.Sectors -= e.Length * (ulong)Super.BlockSize / 512;
-        }
+        if (endWhole > firstWhole)
+            new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove((uint)firstWhole, endWhole - firstWhole));
     }
 
     // Zero [start, end) inside written blocks (holes and unwritten extents already read as zeros).

@@ -34,8 +34,9 @@ internal sealed class WriteState : IDisposable
 }
 
 // pwrite/pwritev2/fsync: the data write path of extent-mapped regular files (fs/ext4/file.c,
-// inode.c): holes get clusters from mballoc and written extents; unwritten extents are written
-// and converted; i_size, i_blocks, mtime and ctime follow. Data goes straight to the device before
+// inode.c): holes get clusters from mballoc (with bigalloc, a hole in a cluster the file owns
+// takes that cluster's block) and written extents; unwritten extents are written and converted;
+// i_size, i_blocks, mtime and ctime follow. Data goes straight to the device before
 // the metadata that points at it commits (ordered mode).
 public sealed partial class Ext4Fs
 {
@@ -105,8 +106,8 @@ public sealed partial class Ext4Fs
             throw new Ext4Exception(Errno.EOPNOTSUPP, "atomic writes are not available on this image yet");
         var inode = ReadInode(f.Inode.Number);
         if (!inode.IsRegular) throw new Ext4Exception(inode.IsDir ? Errno.EISDIR : Errno.EINVAL, "not a regular file");
-        if (!inode.HasExtents || inode.HasInlineData || Super.HasBigalloc)
-            throw new Ext4Exception(Errno.EOPNOTSUPP, "writes need an extent-mapped file on a filesystem without bigalloc (for now)");
+        if (!inode.HasExtents || inode.HasInlineData)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, "writes need an extent-mapped file (for now)");
         bool append = ((f.Flags & OpenFlags.Append) != 0 || (flags & RwfFlags.Append) != 0) && (flags & RwfFlags.NoAppend) == 0;
         bool usePosition = offset == -1;
         var ws = Writer;
@@ -151,6 +152,7 @@ public sealed partial class Ext4Fs
         using var h = ws.Transactions.Start();
         var inode = InodeBuffer.Load(this, ino);
         var tree = new ExtentTree(this, h, inode, ws.Allocator);
+        var clusters = new ClusterMap(this, h, inode, tree, ws.Allocator);
         long pos = offset, end = offset + data.Length;
         while (pos < end)
         {
@@ -162,10 +164,10 @@ public sealed partial class Ext4Fs
             uint blocks = (uint)((inBlock + runBytes + bs - 1) / bs);
             if (run.IsHole)
             {
-                var (cluster, count) = ws.Allocator.AllocateData(h, ino, lblk, blocks, 1, GoalFor(tree, lblk));
-                blocks = (uint)count;
-                runBytes = Math.Min(runBytes, (long)count * bs - inBlock);
-                physical = cluster;
+                var mapped = clusters.MapHole(lblk, blocks, unwritten: false, GoalFor(tree, lblk));
+                blocks = mapped.Length;
+                runBytes = Math.Min(runBytes, (long)blocks * bs - inBlock);
+                physical = mapped.Physical;
             }
             // Whole blocks go to the device; partial edges are merged with what the block holds
             // (zeros for a hole or an unwritten extent, as readers see them).
@@ -182,12 +184,7 @@ public sealed partial class Ext4Fs
             }
             data.AsSpan((int)(pos - offset), (int)runBytes).CopyTo(buf.AsSpan(inBlock));
             Device.Write((long)physical * bs, buf);
-            if (run.IsHole)
-            {
-                tree.Insert(new Extent(lblk, blocks, physical, Unwritten: false));
-                inode.Sectors += (ulong)blocks * (ulong)bs / 512;
-            }
-            else if (run.Unwritten) tree.MarkWritten(lblk, blocks);
+            if (run.Unwritten) tree.MarkWritten(lblk, blocks);
             pos += runBytes;
         }
         if ((ulong)end > inode.Size) inode.Size = (ulong)end;

@@ -138,12 +138,10 @@ public sealed partial class Ext4Fs
         {
             var tree = new ExtentTree(this, h, inode, ws.Allocator);
             tree.InitEmpty();
-            var (cluster, _) = ws.Allocator.AllocateData(h, ino, 0, 1, 1, 0);
+            var mapped = new ClusterMap(this, h, inode, tree, ws.Allocator).MapHole(0, 1, unwritten: false, 0);
             var block = new byte[Super.BlockSize];
             targetBytes.CopyTo(block, 0);
-            Device.Write((long)cluster * Super.BlockSize, block);
-            tree.Insert(new Extent(0, 1, cluster, false));
-            inode.Sectors += (ulong)Super.BlockSize / 512;
+            Device.Write((long)mapped.Physical * Super.BlockSize, block);
         }
         inode.Save(h, this);
         var parent = InodeBuffer.Load(this, parentInode.Number);
@@ -228,8 +226,7 @@ public sealed partial class Ext4Fs
         if (inode.Parsed.HasExtents)
         {
             var tree = new ExtentTree(this, h, inode, ws.Allocator);
-            foreach (var e in tree.Remove(0, 1UL << 32))
-                ws.Allocator.Free(h, e.Physical, e.Length);
+            new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove(0, 1UL << 32));
         }
         ws.Allocator.Mballoc.DiscardPreallocations(inode.Number);
         inode.Size = 0;
@@ -255,8 +252,8 @@ public sealed partial class Ext4Fs
 
     private void CheckWritableDir(Inode dir)
     {
-        if (dir.HasInlineData || !dir.HasExtents || Super.HasBigalloc)
-            throw new Ext4Exception(Errno.EOPNOTSUPP, "changing inline, indirect-mapped or bigalloc directories is not supported yet");
+        if (dir.HasInlineData || !dir.HasExtents)
+            throw new Ext4Exception(Errno.EOPNOTSUPP, "changing inline or indirect-mapped directories is not supported yet");
     }
 
     private uint LookupIn(Inode dir, byte[] name) => Namei.Lookup(this, dir, name);

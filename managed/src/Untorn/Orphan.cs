@@ -354,14 +354,14 @@ public sealed partial class Ext4Fs
         return inode;
     }
 
-    // What untorn cannot free yet: indirect-mapped blocks, bigalloc clusters, shared xattr blocks.
+    // What untorn cannot free yet: indirect-mapped blocks, shared xattr blocks.
     private void CheckRecoverable(Inode inode)
     {
         ulong eaSectors = inode.FileAcl != 0 ? (ulong)Super.ClusterSize / 512 : 0;
         bool hasData = inode.Sectors > eaSectors && !inode.HasInlineData;
-        if ((hasData && (!inode.HasExtents || Super.HasBigalloc)) || (inode.FileAcl != 0 && inode.LinksCount == 0))
+        if ((hasData && !inode.HasExtents) || (inode.FileAcl != 0 && inode.LinksCount == 0))
             throw new Ext4Exception(Errno.EOPNOTSUPP,
-                $"orphan inode {inode.Number}: freeing indirect-mapped, bigalloc or xattr-block space is not supported yet (e2fsck -fy or a kernel mount finishes it)");
+                $"orphan inode {inode.Number}: freeing indirect-mapped or xattr-block space is not supported yet (e2fsck -fy or a kernel mount finishes it)");
     }
 
     // ext4_process_orphan: no links → evict (free everything); links → truncate to i_size.
@@ -383,7 +383,7 @@ public sealed partial class Ext4Fs
             {
                 ZeroPartialBlock(inode, inode.Size);
                 var tree = new ExtentTree(this, h, inode, ws.Allocator);
-                FreeRuns(h, ws, inode, tree.Remove((uint)keep, (1UL << 32) - keep));
+                new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove((uint)keep, (1UL << 32) - keep));
             }
         }
         inode.Save(h, this);

@@ -57,6 +57,7 @@ public class CrashHarnessTests
     [InlineData("-t ext4 -b 4096", 1)]
     [InlineData("-t ext4 -b 1024", 2)]
     [InlineData("-t ext4 -b 4096 -O ^metadata_csum,^64bit", 3)]
+    [InlineData("-t ext4 -b 1024 -O bigalloc -C 4096 -g 2048", 4)] // clusters filled block by block; -g: two groups, so a torn primary superblock has a backup
     public void Appends_EveryCrashState_RecoversCleanWithDurableWritesIntact(string mkfsArgs, int seed)
     {
         var dir = Path.Combine(Path.GetTempPath(), $"untorn-crash-{Guid.NewGuid():N}");

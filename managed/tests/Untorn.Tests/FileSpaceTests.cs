@@ -15,7 +15,7 @@ public partial class FileSpaceTests
     private static partial Regex ExtentLine();
 
     /// <summary>Leaf extents as debugfs sees them: (logical block, physical block, length, unwritten).</summary>
-    private static List<(ulong L, ulong P, ulong N, bool U)> DebugfsExtents(string image, string path)
+    internal static List<(ulong L, ulong P, ulong N, bool U)> DebugfsExtents(string image, string path)
     {
         var (rc, output) = Tools.Run(Tools.RequireTool("debugfs"), ["-R", $"ex {path}", image]);
         Assert.True(rc == 0, output);
@@ -23,7 +23,7 @@ public partial class FileSpaceTests
             .Select(m => (ulong.Parse(m.Groups[3].Value), ulong.Parse(m.Groups[5].Value), ulong.Parse(m.Groups[7].Value), m.Groups[8].Success)).ToList();
     }
 
-    private static byte[] Dump(string image, string path)
+    internal static byte[] Dump(string image, string path)
     {
         var tmp = Path.Combine(Path.GetTempPath(), $"untorn-fsp-{Guid.NewGuid():N}");
         try
@@ -34,7 +34,7 @@ public partial class FileSpaceTests
         finally { File.Delete(tmp); }
     }
 
-    private static void AssertFsck(string image, string label)
+    internal static void AssertFsck(string image, string label)
     {
         var (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fn", image]);
         Assert.True(rc == 0, $"{label}: {output}");
@@ -110,6 +110,7 @@ public partial class FileSpaceTests
     [InlineData("ext4-4k", 1)]
     [InlineData("ext4-1k", 2)]
     [InlineData("ext4-no64-nocsum", 3)]
+    [InlineData("ext4-bigalloc", 4)]
     public void TruncateAndFallocate_Random_DebugfsAndKernelAgreeWithModel(string config, int seed)
     {
         TestImages.Require();
@@ -172,7 +173,7 @@ public partial class FileSpaceTests
                 {
                     if (Tools.Run("mount", ["-o", "loop,ro", image, mnt]).ExitCode == 0)
                         try { Assert.True(File.ReadAllBytes(mnt + "/space").AsSpan().SequenceEqual(model.ToArray()), "the kernel reads differently"); }
-                        finally { Tools.Run("umount", [mnt]); }
+                        finally { Tools.Umount(mnt); }
                 }
                 finally { Directory.Delete(mnt); }
             }

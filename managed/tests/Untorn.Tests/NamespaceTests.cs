@@ -17,6 +17,7 @@ public class NamespaceTests
     [InlineData("ext4-no64-nocsum", 3)]
     [InlineData("ext4-128inode", 4)]
     [InlineData("ext4-metabg", 5)]
+    [InlineData("ext4-bigalloc", 6)]
     public void RandomNamespaceOps_TreeEqualsModel_FsckClean(string config, int seed)
     {
         TestImages.Require();
@@ -177,7 +178,7 @@ public class NamespaceTests
                 // a full listing of the htree directory through the kernel's own index lookup
                 Assert.Equal(Directory.GetFileSystemEntries(mnt + "/bigdir").Length, Directory.GetFileSystemEntries(mnt + "/bigdir").Distinct().Count());
             }
-            finally { Tools.Run("umount", [mnt]); }
+            finally { Tools.Umount(mnt); }
         }
         finally { Directory.Delete(mnt); }
     }

@@ -21,7 +21,9 @@ public class OrphanTests
         "-b 4096 -O ^metadata_csum,^64bit",
         "-b 4096 -O orphan_file",
         "-b 1024 -O orphan_file",
-        "-b 4096 -O orphan_file,^metadata_csum");
+        "-b 4096 -O orphan_file,^metadata_csum",
+        "-b 4096 -O bigalloc -C 16384",
+        "-b 1024 -O bigalloc,orphan_file -C 4096");
 
     private static bool UsesOrphanFile(string mkfs) => mkfs.Contains("orphan_file");
 
@@ -289,6 +291,7 @@ public class OrphanTests
     [Theory]
     [InlineData("-b 4096")]
     [InlineData("-b 1024")]
+    [InlineData("-b 4096 -O bigalloc -C 16384")]
     public void LinkedOrphan_BlocksPastSize_TruncatedLikeE2fsckAndKernel(string mkfs)
     {
         using var s = new Scratch();
