@@ -26,10 +26,11 @@ public class CrashHarnessTests
 {
     private sealed class Counters
     {
-        public long States, Fsck, Repairs, Writes, Ops;
+        public long States, Fsck, Repairs, Writes, Ops, Unsynced, FsckTicks;
+        public readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> Kinds = new();
     }
 
-    private const int OpsPerWorkload = 90, SubsetsPerFlush = 4;
+    private const int OpsPerWorkload = 90, SubsetsPerFlush = 4, WorkloadsPerConfig = 16, FsckOneIn = 20;
 
     [Theory]
     [InlineData("-t ext4 -b 4096 -g 2048", 100)]
@@ -57,12 +58,14 @@ public class CrashHarnessTests
             {
                 int round = workloads;
                 Parallel.For(0, 2, new ParallelOptions { MaxDegreeOfParallelism = 2 }, i =>
-                    RunWorkload(baseImage, seed + round + i, c, dir));
+                        RunWorkload(baseImage, seed + round + i, c, dir, first: round + i == 0));
                 workloads += 2;
-            } while (clock.Elapsed < soak);
+            } while (workloads < WorkloadsPerConfig || clock.Elapsed < soak);
             var line = $"crash harness {mkfsArgs}: {c.States} crash states checked by untorn's recovery, checker and model " +
                        $"({workloads} workloads, {c.Ops} operations, {c.Writes} device writes); {c.Fsck} also by e2fsck -fn, " +
-                       $"{c.Repairs} repaired by e2fsck -fy instead; {clock.Elapsed.TotalSeconds:F1} s";
+                       $"{c.Repairs} repaired by e2fsck -fy instead ({Stopwatch.GetElapsedTime(0, c.FsckTicks).TotalSeconds:F1} s of tool time); " +
+                       $"{c.Unsynced} states kept un-synced operations; {clock.Elapsed.TotalSeconds:F1} s; operations: " +
+                       string.Join(", ", c.Kinds.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value}"));
             TestContext.Current.SendDiagnosticMessage(line);
             Console.WriteLine(line);
             Assert.True(c.States > 1000 * workloads / 2, $"only {c.States} crash states");
@@ -70,11 +73,12 @@ public class CrashHarnessTests
         finally { Directory.Delete(dir, true); }
     }
 
-    private static void RunWorkload(byte[] baseImage, int seed, Counters c, string dir)
+    private static void RunWorkload(byte[] baseImage, int seed, Counters c, string dir, bool first)
     {
         var rec = new RecordingBlockDevice(baseImage.ToArray());
         var w = CrashWorkload.Run(rec, seed, OpsPerWorkload);
         Interlocked.Add(ref c.Ops, OpsPerWorkload);
+        foreach (var name in w.OpNames.Skip(1)) c.Kinds.AddOrUpdate(name.Split(' ')[0], 1, (_, n) => n + 1);
         Interlocked.Add(ref c.Writes, rec.WriteCount);
         var rng = new Random(seed * 7919);
         var prefix = new Dictionary<long, byte[]>();
@@ -82,7 +86,7 @@ public class CrashHarnessTests
         int writes = 0, writesAtFlush = 0;
         var since = new List<RecordingBlockDevice.Op>();
         var ops = rec.Ops;
-        CheckState(new OverlayBlockDevice(baseImage, prefix), w, 0, $"seed {seed}: no writes", c, Path.Combine(dir, $"s{seed}"), fsck: true);
+        CheckState(new OverlayBlockDevice(baseImage, prefix), w, 0, $"seed {seed}: no writes", c, Path.Combine(dir, $"s{seed}"), fsck: first);
         for (int i = 0; i < ops.Count; i++)
         {
             var op = ops[i];
@@ -111,7 +115,7 @@ public class CrashHarnessTests
             since.Add(op);
             bool beforeFlush = i + 1 < ops.Count && ops[i + 1].Data == null;
             CheckState(new OverlayBlockDevice(baseImage, prefix), w, writes, $"seed {seed}: prefix of {writes} writes", c,
-                Path.Combine(dir, $"s{seed}"), fsck: beforeFlush && rng.Next(4) == 0 || rng.Next(100) == 0);
+                Path.Combine(dir, $"s{seed}"), fsck: beforeFlush && rng.Next(FsckOneIn) == 0 || rng.Next(20 * FsckOneIn) == 0);
         }
     }
 
@@ -131,9 +135,11 @@ public class CrashHarnessTests
         {
             var problems = Ext4Check.Run(fs);
             Assert.True(problems.Count == 0, $"{what}: untorn's checker after untorn's recovery:\n{string.Join("\n", problems)}");
-            VerifyAgainstModel(fs, w, guaranteedWrites, what);
+            var (k, minK) = VerifyAgainstModel(fs, w, guaranteedWrites, what);
+            if (k > minK) Interlocked.Increment(ref c.Unsynced);
         }
         if (raw == null) return;
+        long started = Stopwatch.GetTimestamp();
         var recovered = fileStem + ".recovered.img";
         File.WriteAllBytes(recovered, dev.ToArray());
         var (code, fsckOut) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fn", recovered]);
@@ -153,10 +159,11 @@ public class CrashHarnessTests
             VerifyAgainstModel(fs, w, guaranteedWrites, what + " (repaired by e2fsck -fy)");
         }
         Interlocked.Increment(ref c.Repairs);
+        Interlocked.Add(ref c.FsckTicks, Stopwatch.GetTimestamp() - started);
     }
 
     /// <summary>The recovered tree must be the model after k operations, k at least the last durable one.</summary>
-    private static void VerifyAgainstModel(Ext4Fs fs, CrashWorkload w, int guaranteedWrites, string what)
+    private static (int K, int MinK) VerifyAgainstModel(Ext4Fs fs, CrashWorkload w, int guaranteedWrites, string what)
     {
         int minK = 0;
         for (int k = 0; k < w.DurableAt.Count; k++)
@@ -178,10 +185,9 @@ public class CrashHarnessTests
         {
             if (w.Fingerprints[k] != fp) continue;
             why = ContentMismatch(w, k, tree, content);
-            if (why == null) return;
+            if (why == null) return (k, minK);
         }
-        int near = Enumerable.Range(minK, w.States.Count - minK).LastOrDefault(k => w.Fingerprints[k].Length > 0);
-        Assert.Fail($"{what}: the recovered tree is no model state from operation {minK} ('{w.OpNames[minK]}') on" +
+        throw new Xunit.Sdk.XunitException($"{what}: the recovered tree is no model state from operation {minK} ('{w.OpNames[minK]}') on" +
                     (why != null ? $"; namespace matched but {why}" : $"\nrecovered:\n{fp}\nmodel after op {minK}:\n{w.Fingerprints[minK]}"));
     }
 
