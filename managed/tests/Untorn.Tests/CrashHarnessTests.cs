@@ -19,14 +19,18 @@ namespace Untorn.Tests;
 /// prefix that ends at a flush, thinned by a seeded draw) also goes to <c>e2fsck -fn</c> after
 /// untorn's recovery, and the same raw crash image is repaired by <c>e2fsck -fy</c> instead,
 /// which must leave it <c>e2fsck -fn</c>-clean, checker-clean and equal to a model state too.
-/// The counts are printed. Soak: <c>UNTORN_CRASH_SOAK=&lt;seconds&gt;</c> keeps running new
+/// The base images hold a 40-entry htree directory (e2fsck -D) so name operations also go through
+/// the index. The 4 KiB images use 2048 blocks per group so that group 1 has a backup superblock:
+/// with metadata_csum and a single group, a primary superblock torn between its two sectors fails
+/// its checksum with nothing to fall back to (the kernel refuses to mount it too; e2fsck -fy
+/// repairs it). The counts are printed. Soak: <c>UNTORN_CRASH_SOAK=&lt;seconds&gt;</c> keeps running new
 /// seeds per configuration for that long (e2fsck sampling as in the normal run).
 /// </summary>
 public class CrashHarnessTests
 {
     private sealed class Counters
     {
-        public long States, Fsck, Repairs, Writes, Ops, Unsynced, FsckTicks;
+        public long States, Fsck, Repairs, Writes, Ops, Unsynced, FsckTicks, IndexedDirs;
         public readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> Kinds = new();
     }
 
@@ -44,9 +48,14 @@ public class CrashHarnessTests
         {
             var imagePath = Path.Combine(dir, "base.img");
             using (var fh = File.Create(imagePath)) fh.SetLength(16 << 20);
-            var (rc, output) = Tools.Run(Tools.RequireTool("mke2fs"), ["-q", "-F", .. mkfsArgs.Split(' '), imagePath]);
+            // A directory of long names that e2fsck -D indexes: the workload's creates, unlinks and renames in it go through the htree.
+            var big = Path.Combine(dir, "tree", "big");
+            Directory.CreateDirectory(big);
+            for (int i = 0; i < 40; i++) File.WriteAllBytes(Path.Combine(big, $"f{i}" + new string('y', 200)), []);
+            var (rc, output) = Tools.Run(Tools.RequireTool("mke2fs"), ["-q", "-F", .. mkfsArgs.Split(' '), "-d", Path.Combine(dir, "tree"), imagePath]);
             Assert.True(rc == 0, output);
-            Tools.RequireTool("e2fsck");
+            (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fyD", imagePath]);
+            Assert.True(rc is 0 or 1, output);
             var baseImage = File.ReadAllBytes(imagePath);
             File.Delete(imagePath);
 
@@ -64,7 +73,7 @@ public class CrashHarnessTests
             var line = $"crash harness {mkfsArgs}: {c.States} crash states checked by untorn's recovery, checker and model " +
                        $"({workloads} workloads, {c.Ops} operations, {c.Writes} device writes); {c.Fsck} also by e2fsck -fn, " +
                        $"{c.Repairs} repaired by e2fsck -fy instead ({Stopwatch.GetElapsedTime(0, c.FsckTicks).TotalSeconds:F1} s of tool time); " +
-                       $"{c.Unsynced} states kept un-synced operations; {clock.Elapsed.TotalSeconds:F1} s; operations: " +
+                        $"{c.Unsynced} states kept un-synced operations; {c.IndexedDirs} htree directories at the ends; {clock.Elapsed.TotalSeconds:F1} s; operations: " +
                        string.Join(", ", c.Kinds.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value}"));
             TestContext.Current.SendDiagnosticMessage(line);
             Console.WriteLine(line);
@@ -117,6 +126,10 @@ public class CrashHarnessTests
             CheckState(new OverlayBlockDevice(baseImage, prefix), w, writes, $"seed {seed}: prefix of {writes} writes", c,
                 Path.Combine(dir, $"s{seed}"), fsck: beforeFlush && rng.Next(FsckOneIn) == 0 || rng.Next(20 * FsckOneIn) == 0);
         }
+        using var end = Ext4Fs.Open(new OverlayBlockDevice(baseImage, prefix, readOnly: true), new OpenOptions { ReadOnly = true });
+        var tree = new Dictionary<string, Inode>();
+        CrashWorkload.Walk(end, Ext4Fs.RootIno, "", tree);
+        Interlocked.Add(ref c.IndexedDirs, tree.Values.Count(i => i.IsIndexedDir));
     }
 
     // A torn write: each 512-byte sector reaches the device or not.
@@ -169,7 +182,7 @@ public class CrashHarnessTests
         for (int k = 0; k < w.DurableAt.Count; k++)
             if (w.DurableAt[k] <= guaranteedWrites) minK = k;
         var tree = new Dictionary<string, Inode>(StringComparer.Ordinal);
-        Walk(fs, Ext4Fs.RootIno, "", tree);
+        CrashWorkload.Walk(fs, Ext4Fs.RootIno, "", tree);
         var fp = CrashWorkload.Fingerprint(tree.Select(kv => (kv.Key, Kind(kv.Value), (long)kv.Value.Number,
             kv.Value.IsSymlink ? Encoding.UTF8.GetString(fs.ReadLinkTarget(kv.Value)) : kv.Value.IsDir ? "" : kv.Value.Size.ToString())));
         var contents = new Dictionary<uint, byte[]>();
@@ -192,18 +205,6 @@ public class CrashHarnessTests
     }
 
     private static char Kind(Inode i) => i.IsDir ? 'd' : i.IsSymlink ? 'l' : 'f';
-
-    private static void Walk(Ext4Fs fs, uint dirIno, string path, Dictionary<string, Inode> tree)
-    {
-        foreach (var e in Dir.Read(fs, fs.ReadInode(dirIno), 0, int.MaxValue))
-        {
-            var name = e.NameString;
-            if (name is "." or ".." || (path.Length == 0 && name == "lost+found")) continue;
-            var inode = fs.ReadInode(e.Inode);
-            tree[path + "/" + name] = inode;
-            if (inode.IsDir) Walk(fs, e.Inode, path + "/" + name, tree);
-        }
-    }
 
     // Bytes that differ from model state k must have been written in place by a later operation.
     private static string? ContentMismatch(CrashWorkload w, int k, Dictionary<string, Inode> tree, Func<Inode, byte[]> content)

@@ -42,8 +42,45 @@ internal sealed class CrashWorkload
         _rec = rec;
         _rng = new Random(seed);
         _blockSize = fs.Super.BlockSize;
-        _cur = new() { [""] = new Node(0, 'd') };
+        _cur = Load(fs);
         Record("start");
+    }
+
+    // The model starts as the image's tree (names, kinds, hard links, bytes, targets).
+    private Dictionary<string, Node> Load(Ext4Fs fs)
+    {
+        var tree = new Dictionary<string, Inode>(StringComparer.Ordinal);
+        Walk(fs, Ext4Fs.RootIno, "", tree);
+        var nodes = new Dictionary<uint, Node>();
+        var model = new Dictionary<string, Node>(StringComparer.Ordinal) { [""] = new Node(_nextId++, 'd') };
+        foreach (var (path, inode) in tree)
+        {
+            if (!nodes.TryGetValue(inode.Number, out var node))
+            {
+                var data = new byte[inode.IsRegular ? inode.Size : 0];
+                fs.ReadData(inode, data, 0);
+                nodes[inode.Number] = node = new Node(_nextId++, inode.IsDir ? 'd' : inode.IsSymlink ? 'l' : 'f')
+                {
+                    Data = data,
+                    Target = inode.IsSymlink ? Encoding.UTF8.GetString(fs.ReadLinkTarget(inode)) : "",
+                };
+            }
+            model[path] = node;
+        }
+        return model;
+    }
+
+    /// <summary>Every name below the directory (lost+found left out), with its inode.</summary>
+    public static void Walk(Ext4Fs fs, uint dirIno, string path, Dictionary<string, Inode> tree)
+    {
+        foreach (var e in Dir.Read(fs, fs.ReadInode(dirIno), 0, int.MaxValue))
+        {
+            var name = e.NameString;
+            if (name is "." or ".." || (path.Length == 0 && name == "lost+found")) continue;
+            var inode = fs.ReadInode(e.Inode);
+            tree[path + "/" + name] = inode;
+            if (inode.IsDir) Walk(fs, e.Inode, path + "/" + name, tree);
+        }
     }
 
     /// <summary>Runs <paramref name="ops"/> random operations on a fresh filesystem over <paramref name="rec"/>.</summary>
@@ -85,7 +122,8 @@ internal sealed class CrashWorkload
         for (int k = DurableAt.Count - 1; k >= 0 && DurableAt[k] == int.MaxValue; k--) DurableAt[k] = _rec.WriteCount;
     }
 
-    private string NewName(string dir) => $"{dir}/n{_nextName++}";
+    // Some names are long, so directories grow past a block (and get an htree index) within a workload.
+    private string NewName(string dir) => $"{dir}/n{_nextName++}" + (_rng.Next(3) == 0 ? new string('x', _rng.Next(40, 240)) : "");
     private List<string> Of(char kind) => _cur.Where(kv => kv.Value.Kind == kind).Select(kv => kv.Key).ToList();
     private T Pick<T>(List<T> list) => list[_rng.Next(list.Count)];
     private static string Parent(string path) => path[..path.LastIndexOf('/')];
