@@ -22,8 +22,8 @@ namespace Untorn.Tests;
 /// The base images hold a 40-entry htree directory (e2fsck -D) so name operations also go through
 /// the index. The 4 KiB images use 2048 blocks per group so that group 1 has a backup superblock:
 /// with metadata_csum and a single group, a primary superblock torn between its two sectors fails
-/// its checksum with nothing to fall back to (the kernel refuses to mount it too; e2fsck -fy
-/// repairs it). The counts are printed. Soak: <c>UNTORN_CRASH_SOAK=&lt;seconds&gt;</c> keeps running new
+/// its checksum with nothing to fall back to (the kernel refuses to mount it and e2fsck 1.47
+/// cannot open it either). The counts are printed. Soak: <c>UNTORN_CRASH_SOAK=&lt;seconds&gt;</c> keeps running new
 /// seeds per configuration for that long (e2fsck sampling as in the normal run).
 /// </summary>
 public class CrashHarnessTests
