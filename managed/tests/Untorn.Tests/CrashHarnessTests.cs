@@ -76,7 +76,7 @@ public class CrashHarnessTests
                         $"{c.Unsynced} states kept un-synced operations; {c.IndexedDirs} htree directories at the ends; {clock.Elapsed.TotalSeconds:F1} s; operations: " +
                        string.Join(", ", c.Kinds.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value}"));
             TestContext.Current.SendDiagnosticMessage(line);
-            Console.WriteLine(line);
+            TestContext.Current.TestOutputHelper?.WriteLine(line);
             Assert.True(c.States > 1000 * workloads / 2, $"only {c.States} crash states");
         }
         finally { Directory.Delete(dir, true); }
