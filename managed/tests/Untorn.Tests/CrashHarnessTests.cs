@@ -59,7 +59,7 @@ public class CrashHarnessTests
             var baseImage = File.ReadAllBytes(imagePath);
             File.Delete(imagePath);
 
-            var soak = Environment.GetEnvironmentVariable("UNTORN_CRASH_SOAK") is { Length: > 0 } s ? TimeSpan.FromSeconds(double.Parse(s)) : TimeSpan.Zero;
+            var soak = Environment.GetEnvironmentVariable("UNTORN_CRASH_SOAK") is { Length: > 0 } s ? TimeSpan.FromSeconds(double.Parse(s, System.Globalization.CultureInfo.InvariantCulture)) : TimeSpan.Zero;
             var c = new Counters();
             var clock = Stopwatch.StartNew();
             int workloads = 0;
