@@ -8,10 +8,11 @@ add_test(NAME fixture.test_images
 set_tests_properties(fixture.test_images PROPERTIES
   FIXTURES_SETUP test_images SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS fixture)
 
-# The managed engine's own suite, on the same images.
+# The managed engine's own suite, on the same images. Detailed output puts what passing tests
+# print (e.g. the crash harness's state counts) into the CTest log.
 add_test(NAME xunit
   COMMAND "${DOTNET_EXECUTABLE}" test --project "${UNTORN_MANAGED_DIR}/tests/Untorn.Tests/Untorn.Tests.csproj"
-          -c ${UNTORN_DOTNET_CONFIG})
+          -c ${UNTORN_DOTNET_CONFIG} --output Detailed)
 set_tests_properties(xunit PROPERTIES
   FIXTURES_REQUIRED test_images
   ENVIRONMENT "UNTORN_TEST_IMAGES=${UNTORN_TEST_IMAGES_DIR}"
