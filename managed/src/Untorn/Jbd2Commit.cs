@@ -4,12 +4,17 @@ namespace Untorn;
 
 /// <summary>
 /// Commits metadata transactions through the internal jbd2 journal (fs/jbd2/commit.c), in the
-/// format the kernel and e2fsck replay: descriptor blocks of tags, the blocks themselves (escaped
-/// when they begin with the jbd2 magic), a flush, the commit block, a flush. Then it checkpoints:
-/// the blocks go to their home locations, a flush, and the journal superblock's tail moves past the
-/// transaction. Only the newest transaction can therefore be in the log at a crash, so a block that
-/// was freed and reused for data can never be overwritten by a replay (no revoke records needed).
-/// While the writer is open the filesystem carries needs_recovery, as a mounted ext4 does.
+/// format the kernel and e2fsck replay, with two flushes per commit, as the kernel's
+/// PREFLUSH+FUA commit record costs: descriptor blocks of tags and the blocks themselves (escaped
+/// when they begin with the jbd2 magic), a flush — which also makes durable the file data written
+/// for this transaction (ordered mode) and the previous transaction's home writes — then the commit
+/// block together with the journal superblock whose tail now starts at this transaction, a flush.
+/// Then the blocks are written home without waiting; the next commit's first flush makes them
+/// durable before its tail update drops this transaction from the log. The log therefore holds at
+/// most the last two transactions, and a block freed by a transaction becomes reusable (after its
+/// commit) only once every older transaction that logged it is behind the tail, so a replay never
+/// overwrites reused data (no revoke records needed). While the writer is open the filesystem
+/// carries needs_recovery, as a mounted ext4 does.
 /// </summary>
 internal sealed class Jbd2CommitWriter : ICommitWriter
 {
@@ -19,6 +24,7 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     private uint _head;
     private uint _sequence;
     private bool _open;
+    private bool _homeWritesUnflushed; // the last transaction's home writes, not yet behind a flush
 
     /// <summary>Tests turn this off to leave committed transactions in the log, as a crash would.</summary>
     internal bool CheckpointAfterCommit { get; set; } = true;
@@ -55,6 +61,8 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     public void Close()
     {
         if (!_open) return;
+        if (_homeWritesUnflushed) _dev.Flush(); // the log may forget the last transaction only once it is home
+        _homeWritesUnflushed = false;
         var jsb = _journal.Super;
         jsb.Start = 0;
         jsb.Sequence = _sequence;
@@ -74,11 +82,40 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         int perDescriptor = (_bs - Jbd2Format.HeaderSize - tail - 16) / tagSize; // the first tag carries the 16-byte uuid
         int descriptors = (blocks.Count + perDescriptor - 1) / perDescriptor;
         long needed = descriptors + blocks.Count + 1;
-        if (needed > (jsb.MaxLen - jsb.First) / 2)
+        if (needed > (jsb.MaxLen - jsb.First) / 2) // the log holds the last two transactions
             throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {jsb.MaxLen - jsb.First}-block journal");
 
-        uint seq = _sequence;
-        _dev.Flush(); // ordered mode: file data reaches the device before the metadata that points at it
+        uint seq = _sequence, start = _head;
+        WriteLogBlocks(seq, blocks, perDescriptor, tagSize, tail);
+        // One flush for three things that must precede the commit record: this transaction's log
+        // blocks, the file data it points at (ordered mode), and the previous transaction's home
+        // writes (so the tail may move past it below).
+        _dev.Flush();
+        _homeWritesUnflushed = false;
+        WriteLog(_head, CommitBlock(seq));
+        _head = _journal.Next(_head);
+        // The tail moves to this transaction in the same epoch as its commit record: if only the
+        // superblock lands, the previous transaction is already home and this one is not replayed;
+        // if only the commit record lands, both are replayed, in order.
+        if (CheckpointAfterCommit && (jsb.Start != start || jsb.Sequence != seq))
+        {
+            jsb.Start = start;
+            jsb.Sequence = seq;
+            WriteJournalSuperblock();
+        }
+        _dev.Flush();
+        _sequence = seq + 1;
+
+        if (!CheckpointAfterCommit) return;
+        foreach (var (home, data) in blocks)
+            _dev.Write((long)home * _bs, data);
+        _homeWritesUnflushed = true;
+    }
+
+    // Descriptor blocks of tags, each followed by the blocks it describes, from the head on.
+    private void WriteLogBlocks(uint seq, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, int perDescriptor, int tagSize, int tail)
+    {
+        var jsb = _journal.Super;
         for (int first = 0; first < blocks.Count; first += perDescriptor)
         {
             int n = Math.Min(perDescriptor, blocks.Count - first);
@@ -113,20 +150,6 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
             if (tail != 0) SetTailChecksum(descriptor);
             WriteLog(descriptorAt, descriptor);
         }
-        _dev.Flush();
-        WriteLog(_head, CommitBlock(seq));
-        _head = _journal.Next(_head);
-        _dev.Flush();
-        _sequence = seq + 1;
-
-        if (!CheckpointAfterCommit) return;
-        foreach (var (home, data) in blocks)
-            _dev.Write((long)home * _bs, data);
-        _dev.Flush();
-        jsb.Start = _head;
-        jsb.Sequence = _sequence;
-        WriteJournalSuperblock();
-        _dev.Flush();
     }
 
     private void WriteTag(Span<byte> tag, ulong home, uint flags, uint checksum)
