@@ -35,7 +35,7 @@ internal static class JournalBench
             (A) create + 4 KiB pwrite + fsync + close of a new file in one directory; (B) 16 KiB pwrite at a
             random 16 KiB-aligned offset of a 64 MiB file (written and synced first) + fdatasync. Each loop runs
             {seconds} s per contender and repetition ({opts.Repeat} repetition(s), contenders interleaved, a fresh
-            image each). untorn: Ext4Fs on the image file (its fdatasync is fsync: it commits the journal).
+            image each). untorn: Ext4Fs on the image file (Fsync, Fdatasync: what untorn_fsync/fdatasync call).
             kernel: mount -o loop (data=ordered, barriers on). raw: pwrite + fdatasync on the image file
             ((A) into new sparse ranges, (B) into a written 64 MiB range). ops/s: median [min..max].
 
@@ -129,7 +129,7 @@ internal static class JournalBench
                 else
                 {
                     fs.Pwrite(ow, data, (long)rng.Next(OverwriteFileBytes / OverwriteBytes) * OverwriteBytes);
-                    fs.Fsync(ow);
+                    fs.Fdatasync(ow);
                 }
             });
             var d = dev.Snapshot() - before;

@@ -84,6 +84,31 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
         }
     }
 
+    /// <summary>
+    /// fdatasync's commit: when the running transaction's only change is <paramref name="block"/> and
+    /// <paramref name="notNeededForData"/> judges its new bytes against the committed ones as
+    /// nothing a reader of the file's data needs, only the device is flushed (file data written in
+    /// place becomes durable) and the change waits for the next commit; otherwise it commits.
+    /// </summary>
+    public void CommitUnlessOnly(ulong block, Func<byte[], byte[], bool> notNeededForData)
+    {
+        lock (_lock)
+        {
+            if (_running.Count == 1 && _running.TryGetValue(block, out var running))
+            {
+                // After a commit every block is home, so the device holds the committed bytes.
+                var committed = new byte[running.Length];
+                _cache.Inner.Read((long)block * running.Length, committed);
+                if (notNeededForData(committed, running))
+                {
+                    _cache.Inner.Flush();
+                    return;
+                }
+            }
+            Commit();
+        }
+    }
+
     /// <summary>One metadata operation. Changes are visible at once; an aborted handle restores what it changed.</summary>
     internal sealed class Handle : IDisposable
     {
