@@ -20,7 +20,11 @@ internal static class JournalBench
 
     private enum Loop { Create4K, Overwrite16K }
 
-    private sealed record Result(double OpsPerSecond, double FlushesPerOp = double.NaN, double WritesPerOp = double.NaN, double KiBPerOp = double.NaN);
+    private sealed record Result(double OpsPerSecond, double CpuUsPerOp, double FlushesPerOp = double.NaN, double WritesPerOp = double.NaN, double KiBPerOp = double.NaN)
+    {
+        /// <summary>untorn only: microseconds per op in device flushes, device writes, and the engine itself.</summary>
+        public (double Flush, double Write, double Engine)? Split { get; init; }
+    }
 
     public static void Run(BenchOptions opts)
     {
@@ -61,7 +65,7 @@ internal static class JournalBench
             }
         }
 
-        var table = new Table("loop", "contender", "ops/s", "[min..max]", "vs kernel", "vs raw", "flushes/op", "dev writes/op", "KiB written/op");
+        var table = new Table("loop", "contender", "ops/s", "[min..max]", "vs kernel", "vs raw", "CPU us/op", "flushes/op", "dev writes/op", "KiB written/op");
         foreach (var loop in Enum.GetValues<Loop>())
         {
             double Median(string who) => results.TryGetValue((who, loop), out var l) ? MedianOf(l.Select(r => r.OpsPerSecond)) : double.NaN;
@@ -73,12 +77,17 @@ internal static class JournalBench
                 table.Add(loop == Loop.Create4K ? "A create+4K+fsync" : "B 16K overwrite+fdatasync", who, $"{m:F0}",
                     $"[{list.Min(r => r.OpsPerSecond):F0}..{list.Max(r => r.OpsPerSecond):F0}]",
                     double.IsNaN(Median("kernel")) ? "-" : $"{m / Median("kernel"):F2}x", $"{m / Median("raw"):F2}x",
+                    $"{MedianOf(list.Select(r => r.CpuUsPerOp)):F0}",
                     double.IsNaN(last.FlushesPerOp) ? "-" : $"{last.FlushesPerOp:F2}",
                     double.IsNaN(last.WritesPerOp) ? "-" : $"{last.WritesPerOp:F1}",
                     double.IsNaN(last.KiBPerOp) ? "-" : $"{last.KiBPerOp:F1}");
             }
         }
         table.Print();
+        foreach (var loop in Enum.GetValues<Loop>())
+            if (results.TryGetValue(("untorn", loop), out var l) && l[^1].Split is { } split)
+                Console.WriteLine($"untorn {loop}: per op {split.Flush:F0} us in flushes (fdatasync of the image), {split.Write:F0} us in device writes, {split.Engine:F0} us in the engine");
+        Console.WriteLine();
         if (fsckNote != null) Console.WriteLine(fsckNote + "\n");
     }
 
@@ -88,13 +97,22 @@ internal static class JournalBench
         return v.Length == 0 ? double.NaN : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
     }
 
-    // Runs `op` until `seconds` pass; returns ops/s.
-    private static (int Ops, double PerSecond) Timed(double seconds, Action<int> op)
+    // Runs `op` until `seconds` pass; returns ops/s and this process's CPU time per op (user and
+    // system: the kernel's own ext4 work for the loop-mounted contender is in the system part).
+    // The first ops (untimed) compile the code paths.
+    private static (int Ops, double PerSecond, double CpuUs) Timed(double seconds, Action<int> op, Action? afterWarmUp = null)
     {
+        const int warm = 20;
+        for (int w = 0; w < warm; w++) op(w);
+        afterWarmUp?.Invoke();
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
-        int i = 0;
+        int i = warm;
         while (sw.Elapsed.TotalSeconds < seconds) op(i++);
-        return (i, i / sw.Elapsed.TotalSeconds);
+        double elapsed = sw.Elapsed.TotalSeconds;
+        cpu = Process.GetCurrentProcess().TotalProcessorTime - cpu;
+        int ops = i - warm;
+        return (ops, ops / elapsed, cpu.TotalMicroseconds / ops);
     }
 
     private static Result RunUntorn(string dir, Loop loop, double seconds, ref string? fsckNote)
@@ -116,8 +134,8 @@ internal static class JournalBench
                 fs.Close(fd);
             }
             int ow = loop == Loop.Overwrite16K ? fs.Open("/ow"u8, rw, 0) : -1;
-            var before = dev.Snapshot();
-            var (ops, perSecond) = Timed(seconds, i =>
+            var before = default(CountingDevice.Counts);
+            var (ops, perSecond, cpuUs) = Timed(seconds, i =>
             {
                 if (loop == Loop.Create4K)
                 {
@@ -131,9 +149,13 @@ internal static class JournalBench
                     fs.Pwrite(ow, data, (long)rng.Next(OverwriteFileBytes / OverwriteBytes) * OverwriteBytes);
                     fs.Fdatasync(ow);
                 }
-            });
+            }, () => before = dev.Snapshot());
             var d = dev.Snapshot() - before;
-            result = new Result(perSecond, (double)d.Flushes / ops, (double)d.Writes / ops, d.Bytes / 1024.0 / ops);
+            double us = 1e6 / Stopwatch.Frequency / ops, flushUs = d.FlushTicks * us, writeUs = d.WriteTicks * us;
+            result = new Result(perSecond, cpuUs, (double)d.Flushes / ops, (double)d.Writes / ops, d.Bytes / 1024.0 / ops)
+            {
+                Split = (flushUs, writeUs, 1e6 / perSecond - flushUs - writeUs),
+            };
             if (ow >= 0) fs.Close(ow);
         }
         if (fsckNote == null || fsckNote.Contains("clean"))
@@ -175,7 +197,7 @@ internal static class JournalBench
                 RandomAccess.FlushToDisk(h);
             }
             using var owHandle = loop == Loop.Overwrite16K ? File.OpenHandle(ow, FileMode.Open, FileAccess.ReadWrite) : null;
-            var (_, perSecond) = Timed(seconds, i =>
+            var (_, perSecond, cpuUs) = Timed(seconds, i =>
             {
                 if (loop == Loop.Create4K)
                 {
@@ -189,7 +211,7 @@ internal static class JournalBench
                     FdataSync(owHandle!);
                 }
             });
-            return new Result(perSecond);
+            return new Result(perSecond, cpuUs);
         }
         finally
         {
@@ -212,13 +234,13 @@ internal static class JournalBench
                 RandomAccess.Write(h, new byte[OverwriteFileBytes], region);
                 RandomAccess.FlushToDisk(h);
             }
-            var (_, perSecond) = Timed(seconds, i =>
+            var (_, perSecond, cpuUs) = Timed(seconds, i =>
             {
                 long at = loop == Loop.Create4K ? region + (long)i * CreateBytes % region : region + (long)rng.Next(OverwriteFileBytes / OverwriteBytes) * OverwriteBytes;
                 RandomAccess.Write(h, data, at);
                 FdataSync(h);
             });
-            return new Result(perSecond, 1, 1, data.Length / 1024.0);
+            return new Result(perSecond, cpuUs, 1, 1, data.Length / 1024.0);
         }
         finally { Images.Delete(path); }
     }
@@ -242,14 +264,16 @@ internal static class JournalBench
 /// <summary>An image file that counts what the engine asks of it: writes, bytes, flushes (fdatasync).</summary>
 internal sealed class CountingDevice(IBlockDevice inner) : IBlockDevice
 {
-    private long _writes, _bytes, _flushes;
+    private long _writes, _bytes, _flushes, _writeTicks, _flushTicks;
 
-    public readonly record struct Counts(long Writes, long Bytes, long Flushes)
+    public readonly record struct Counts(long Writes, long Bytes, long Flushes, long WriteTicks, long FlushTicks)
     {
-        public static Counts operator -(Counts a, Counts b) => new(a.Writes - b.Writes, a.Bytes - b.Bytes, a.Flushes - b.Flushes);
+        public static Counts operator -(Counts a, Counts b) =>
+            new(a.Writes - b.Writes, a.Bytes - b.Bytes, a.Flushes - b.Flushes, a.WriteTicks - b.WriteTicks, a.FlushTicks - b.FlushTicks);
     }
 
-    public Counts Snapshot() => new(Interlocked.Read(ref _writes), Interlocked.Read(ref _bytes), Interlocked.Read(ref _flushes));
+    public Counts Snapshot() => new(Interlocked.Read(ref _writes), Interlocked.Read(ref _bytes), Interlocked.Read(ref _flushes),
+        Interlocked.Read(ref _writeTicks), Interlocked.Read(ref _flushTicks));
 
     public long Size => inner.Size;
     public bool IsReadOnly => inner.IsReadOnly;
@@ -261,13 +285,17 @@ internal sealed class CountingDevice(IBlockDevice inner) : IBlockDevice
     {
         Interlocked.Increment(ref _writes);
         Interlocked.Add(ref _bytes, buffer.Length);
+        long t0 = Stopwatch.GetTimestamp();
         inner.Write(offset, buffer);
+        Interlocked.Add(ref _writeTicks, Stopwatch.GetTimestamp() - t0);
     }
 
     public void Flush()
     {
         Interlocked.Increment(ref _flushes);
+        long t0 = Stopwatch.GetTimestamp();
         inner.Flush();
+        Interlocked.Add(ref _flushTicks, Stopwatch.GetTimestamp() - t0);
     }
 
     public void Dispose() => inner.Dispose();
