@@ -11,20 +11,16 @@ namespace Untorn.Bench;
 /// a 64 MiB file, fdatasync — through untorn (Ext4Fs on the image file), through the Linux kernel's
 /// ext4 on the same kind of image loop-mounted (root only; skipped with the reason otherwise), and
 /// as raw pwrite+fdatasync of the image file (the floor: one data write and one flush per op).
-/// Each contender gets a fresh image per repetition; repetitions interleave the contenders.
+/// The contenders run at once, each on its own fresh image, in short slices taken in turn, so noise
+/// from the rest of the machine falls on all of them alike; each round of slices is one sample.
 /// </summary>
 internal static class JournalBench
 {
-    private const long ImageBytes = 1L << 30;
-    private const int OverwriteFileBytes = 64 << 20, OverwriteBytes = 16 << 10, CreateBytes = 4 << 10;
+    internal const long ImageBytes = 1L << 30;
+    internal const int OverwriteFileBytes = 64 << 20, OverwriteBytes = 16 << 10, CreateBytes = 4 << 10;
+    private const double SliceSeconds = 0.25;
 
-    private enum Loop { Create4K, Overwrite16K }
-
-    private sealed record Result(double OpsPerSecond, double CpuUsPerOp, double FlushesPerOp = double.NaN, double WritesPerOp = double.NaN, double KiBPerOp = double.NaN)
-    {
-        /// <summary>untorn only: microseconds per op in device flushes, device writes, and the engine itself.</summary>
-        public (double Flush, double Write, double Engine)? Split { get; init; }
-    }
+    internal enum Loop { Create4K, Overwrite16K }
 
     public static void Run(BenchOptions opts)
     {
@@ -34,137 +30,54 @@ internal static class JournalBench
             Console.WriteLine("SKIP: mke2fs is not installed (apt-get install e2fsprogs)\n");
             return;
         }
-        double seconds = opts.Quick ? 0.5 : 4;
+        int rounds = opts.Quick ? 2 : 8 * opts.Repeat;
         Console.WriteLine($"""
             (A) create + 4 KiB pwrite + fsync + close of a new file in one directory; (B) 16 KiB pwrite at a
-            random 16 KiB-aligned offset of a 64 MiB file (written and synced first) + fdatasync. Each loop runs
-            {seconds} s per contender and repetition ({opts.Repeat} repetition(s), contenders interleaved, a fresh
-            image each). untorn: Ext4Fs on the image file (Fsync, Fdatasync: what untorn_fsync/fdatasync call).
+            random 16 KiB-aligned offset of a 64 MiB file (written and synced first) + fdatasync.
+            untorn: Ext4Fs on the image file (Fsync, Fdatasync: what untorn_fsync/untorn_fdatasync call).
             kernel: mount -o loop (data=ordered, barriers on). raw: pwrite + fdatasync on the image file
-            ((A) into new sparse ranges, (B) into a written 64 MiB range). ops/s: median [min..max].
+            ((A) into new sparse ranges, (B) into a written 64 MiB range). Each contender has a fresh image;
+            they take turns in {SliceSeconds} s slices, {rounds} rounds per loop (20 untimed ops first).
+            ops/s: all ops over all slices; [min..max]: the rounds' spread. CPU: this process's user+system
+            time per op (the kernel's ext4 work runs partly in loop worker threads, not counted).
 
             """);
         string mnt = Path.Combine(opts.WorkDir, "mnt");
         string? kernelSkip = KernelSkipReason(opts.WorkDir, mnt);
         if (kernelSkip != null) Console.WriteLine($"kernel: SKIP ({kernelSkip})\n");
 
-        var results = new Dictionary<(string, Loop), List<Result>>();
-        void Add(string who, Loop loop, Result r)
-        {
-            if (!results.TryGetValue((who, loop), out var list)) results[(who, loop)] = list = [];
-            list.Add(r);
-        }
-        string? fsckNote = null;
-        for (int rep = 0; rep < opts.Repeat; rep++)
-        {
-            foreach (var loop in Enum.GetValues<Loop>())
-            {
-                Add("untorn", loop, RunUntorn(opts.WorkDir, loop, seconds, ref fsckNote));
-                if (kernelSkip == null) Add("kernel", loop, RunKernel(opts.WorkDir, mnt, loop, seconds));
-                Add("raw", loop, RunRaw(opts.WorkDir, loop, seconds));
-            }
-        }
-
         var table = new Table("loop", "contender", "ops/s", "[min..max]", "vs kernel", "vs raw", "CPU us/op", "flushes/op", "dev writes/op", "KiB written/op");
+        var notes = new List<string>();
         foreach (var loop in Enum.GetValues<Loop>())
         {
-            double Median(string who) => results.TryGetValue((who, loop), out var l) ? MedianOf(l.Select(r => r.OpsPerSecond)) : double.NaN;
-            foreach (string who in (string[])["untorn", "kernel", "raw"])
+            var contenders = new List<Contender> { new UntornContender(opts.WorkDir, loop) };
+            if (kernelSkip == null) contenders.Add(new KernelContender(opts.WorkDir, mnt, loop));
+            contenders.Add(new RawContender(opts.WorkDir, loop));
+            try
             {
-                if (!results.TryGetValue((who, loop), out var list)) continue;
-                double m = Median(who);
-                var last = list[^1];
-                table.Add(loop == Loop.Create4K ? "A create+4K+fsync" : "B 16K overwrite+fdatasync", who, $"{m:F0}",
-                    $"[{list.Min(r => r.OpsPerSecond):F0}..{list.Max(r => r.OpsPerSecond):F0}]",
-                    double.IsNaN(Median("kernel")) ? "-" : $"{m / Median("kernel"):F2}x", $"{m / Median("raw"):F2}x",
-                    $"{MedianOf(list.Select(r => r.CpuUsPerOp)):F0}",
-                    double.IsNaN(last.FlushesPerOp) ? "-" : $"{last.FlushesPerOp:F2}",
-                    double.IsNaN(last.WritesPerOp) ? "-" : $"{last.WritesPerOp:F1}",
-                    double.IsNaN(last.KiBPerOp) ? "-" : $"{last.KiBPerOp:F1}");
+                foreach (var c in contenders) c.Setup();
+                for (int r = 0; r < rounds; r++)
+                    foreach (var c in contenders) c.Slice(SliceSeconds);
+            }
+            finally
+            {
+                foreach (var c in contenders) c.Teardown();
+            }
+            string name = loop == Loop.Create4K ? "A create+4K+fsync" : "B 16K overwrite+fdatasync";
+            double kernel = contenders.Find(c => c.Name == "kernel")?.OpsPerSecond ?? double.NaN;
+            double raw = contenders.Find(c => c.Name == "raw")!.OpsPerSecond;
+            foreach (var c in contenders)
+            {
+                table.Add(name, c.Name, $"{c.OpsPerSecond:F0}", $"[{c.Rounds.Min():F0}..{c.Rounds.Max():F0}]",
+                    double.IsNaN(kernel) ? "-" : $"{c.OpsPerSecond / kernel:F2}x", $"{c.OpsPerSecond / raw:F2}x", $"{c.CpuUsPerOp:F0}",
+                    c.Counts is { } d ? $"{(double)d.Flushes / c.Ops:F2}" : "-", c.Counts is { } w ? $"{(double)w.Writes / c.Ops:F1}" : "-",
+                    c.Counts is { } b ? $"{b.Bytes / 1024.0 / c.Ops:F1}" : "-");
+                notes.AddRange(c.Notes);
             }
         }
         table.Print();
-        foreach (var loop in Enum.GetValues<Loop>())
-            if (results.TryGetValue(("untorn", loop), out var l) && l[^1].Split is { } split)
-                Console.WriteLine($"untorn {loop}: per op {split.Flush:F0} us in flushes (fdatasync of the image), {split.Write:F0} us in device writes, {split.Engine:F0} us in the engine");
+        foreach (var n in notes) Console.WriteLine(n);
         Console.WriteLine();
-        if (fsckNote != null) Console.WriteLine(fsckNote + "\n");
-    }
-
-    private static double MedianOf(IEnumerable<double> values)
-    {
-        var v = values.Order().ToArray();
-        return v.Length == 0 ? double.NaN : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
-    }
-
-    // Runs `op` until `seconds` pass; returns ops/s and this process's CPU time per op (user and
-    // system: the kernel's own ext4 work for the loop-mounted contender is in the system part).
-    // The first ops (untimed) compile the code paths.
-    private static (int Ops, double PerSecond, double CpuUs) Timed(double seconds, Action<int> op, Action? afterWarmUp = null)
-    {
-        const int warm = 20;
-        for (int w = 0; w < warm; w++) op(w);
-        afterWarmUp?.Invoke();
-        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
-        var sw = Stopwatch.StartNew();
-        int i = warm;
-        while (sw.Elapsed.TotalSeconds < seconds) op(i++);
-        double elapsed = sw.Elapsed.TotalSeconds;
-        cpu = Process.GetCurrentProcess().TotalProcessorTime - cpu;
-        int ops = i - warm;
-        return (ops, ops / elapsed, cpu.TotalMicroseconds / ops);
-    }
-
-    private static Result RunUntorn(string dir, Loop loop, double seconds, ref string? fsckNote)
-    {
-        string path = Images.Make(dir, "journal-untorn.img", ImageBytes);
-        var dev = new CountingDevice(new FileBlockDevice(path, readOnly: false));
-        Result result;
-        using (var fs = Ext4Fs.Open(dev))
-        {
-            var data = Payload(loop == Loop.Create4K ? CreateBytes : OverwriteBytes);
-            var rng = new Random(4);
-            const int rw = OpenFlags.RdWr;
-            if (loop == Loop.Create4K) fs.Mkdir("/b"u8, 0x1ED);
-            else
-            {
-                int fd = fs.Open("/ow"u8, rw | OpenFlags.Creat, 0x1A4);
-                fs.Pwrite(fd, new byte[OverwriteFileBytes], 0);
-                fs.Fsync(fd);
-                fs.Close(fd);
-            }
-            int ow = loop == Loop.Overwrite16K ? fs.Open("/ow"u8, rw, 0) : -1;
-            var before = default(CountingDevice.Counts);
-            var (ops, perSecond, cpuUs) = Timed(seconds, i =>
-            {
-                if (loop == Loop.Create4K)
-                {
-                    int fd = fs.Open(Encoding.UTF8.GetBytes($"/b/f{i}"), rw | OpenFlags.Creat | OpenFlags.Excl, 0x1A4);
-                    fs.Pwrite(fd, data, 0);
-                    fs.Fsync(fd);
-                    fs.Close(fd);
-                }
-                else
-                {
-                    fs.Pwrite(ow, data, (long)rng.Next(OverwriteFileBytes / OverwriteBytes) * OverwriteBytes);
-                    fs.Fdatasync(ow);
-                }
-            }, () => before = dev.Snapshot());
-            var d = dev.Snapshot() - before;
-            double us = 1e6 / Stopwatch.Frequency / ops, flushUs = d.FlushTicks * us, writeUs = d.WriteTicks * us;
-            result = new Result(perSecond, cpuUs, (double)d.Flushes / ops, (double)d.Writes / ops, d.Bytes / 1024.0 / ops)
-            {
-                Split = (flushUs, writeUs, 1e6 / perSecond - flushUs - writeUs),
-            };
-            if (ow >= 0) fs.Close(ow);
-        }
-        if (fsckNote == null || fsckNote.Contains("clean"))
-        {
-            var (code, output) = Images.TryRun("e2fsck", "-fn", path);
-            fsckNote = code == 0 ? "e2fsck -fn after untorn's runs: clean" : $"e2fsck -fn after untorn's {loop} run: NOT CLEAN ({code})\n{output}";
-        }
-        Images.Delete(path);
-        return result;
     }
 
     private static string? KernelSkipReason(string dir, string mnt)
@@ -180,72 +93,7 @@ internal static class JournalBench
         return code == 0 ? null : $"mount -o loop failed: {output.Trim()}";
     }
 
-    private static Result RunKernel(string dir, string mnt, Loop loop, double seconds)
-    {
-        string path = Images.Make(dir, "journal-kernel.img", ImageBytes);
-        Images.Run("mount", "-o", "loop", path, mnt);
-        try
-        {
-            var data = Payload(loop == Loop.Create4K ? CreateBytes : OverwriteBytes);
-            var rng = new Random(4);
-            string ow = Path.Combine(mnt, "ow"), b = Path.Combine(mnt, "b");
-            if (loop == Loop.Create4K) Directory.CreateDirectory(b);
-            else
-            {
-                using var h = File.OpenHandle(ow, FileMode.CreateNew, FileAccess.ReadWrite);
-                RandomAccess.Write(h, new byte[OverwriteFileBytes], 0);
-                RandomAccess.FlushToDisk(h);
-            }
-            using var owHandle = loop == Loop.Overwrite16K ? File.OpenHandle(ow, FileMode.Open, FileAccess.ReadWrite) : null;
-            var (_, perSecond, cpuUs) = Timed(seconds, i =>
-            {
-                if (loop == Loop.Create4K)
-                {
-                    using var h = File.OpenHandle(Path.Combine(b, $"f{i}"), FileMode.CreateNew, FileAccess.ReadWrite);
-                    RandomAccess.Write(h, data, 0);
-                    RandomAccess.FlushToDisk(h); // fsync(2)
-                }
-                else
-                {
-                    RandomAccess.Write(owHandle!, data, (long)rng.Next(OverwriteFileBytes / OverwriteBytes) * OverwriteBytes);
-                    FdataSync(owHandle!);
-                }
-            });
-            return new Result(perSecond, cpuUs);
-        }
-        finally
-        {
-            Images.Run("umount", mnt);
-            Images.Delete(path);
-        }
-    }
-
-    private static Result RunRaw(string dir, Loop loop, double seconds)
-    {
-        string path = Images.Make(dir, "journal-raw.img", ImageBytes);
-        try
-        {
-            var data = Payload(loop == Loop.Create4K ? CreateBytes : OverwriteBytes);
-            var rng = new Random(4);
-            const long region = ImageBytes / 2; // past what mke2fs wrote
-            using var h = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
-            if (loop == Loop.Overwrite16K)
-            {
-                RandomAccess.Write(h, new byte[OverwriteFileBytes], region);
-                RandomAccess.FlushToDisk(h);
-            }
-            var (_, perSecond, cpuUs) = Timed(seconds, i =>
-            {
-                long at = loop == Loop.Create4K ? region + (long)i * CreateBytes % region : region + (long)rng.Next(OverwriteFileBytes / OverwriteBytes) * OverwriteBytes;
-                RandomAccess.Write(h, data, at);
-                FdataSync(h);
-            });
-            return new Result(perSecond, cpuUs, 1, 1, data.Length / 1024.0);
-        }
-        finally { Images.Delete(path); }
-    }
-
-    private static byte[] Payload(int n)
+    internal static byte[] Payload(int n)
     {
         var b = new byte[n];
         new Random(n).NextBytes(b);
@@ -255,9 +103,205 @@ internal static class JournalBench
     [DllImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     private static extern int fdatasync(SafeFileHandle fd);
 
-    private static void FdataSync(SafeFileHandle h)
+    internal static void FdataSync(SafeFileHandle h)
     {
         if (fdatasync(h) != 0) throw new IOException($"fdatasync failed: errno {Marshal.GetLastPInvokeError()}");
+    }
+}
+
+/// <summary>One way of running a loop: set up once, then timed slices in turn with the others.</summary>
+internal abstract class Contender(string name, JournalBench.Loop loop)
+{
+    private int _next;
+    private long _ticks;
+    private TimeSpan _cpu;
+    private bool _warm;
+
+    public string Name => name;
+    protected JournalBench.Loop Loop => loop;
+    protected Random Rng { get; } = new(4);
+    public int Ops { get; private set; }
+    public List<double> Rounds { get; } = [];
+    public List<string> Notes { get; } = [];
+    public double OpsPerSecond => Ops * (double)Stopwatch.Frequency / _ticks;
+    public double CpuUsPerOp => _cpu.TotalMicroseconds / Ops;
+    /// <summary>What untorn asked of its device during the timed slices (null for the others).</summary>
+    public virtual CountingDevice.Counts? Counts => null;
+
+    public abstract void Setup();
+    public abstract void Teardown();
+    protected abstract void Op(int i);
+    protected virtual void SliceStarting() { }
+    protected virtual void SliceEnded() { }
+
+    // The first slice begins with untimed ops that compile the code paths.
+    public void Slice(double seconds)
+    {
+        if (!_warm)
+        {
+            for (int w = 0; w < 20; w++) Op(_next++);
+            _warm = true;
+        }
+        SliceStarting();
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+        long t0 = Stopwatch.GetTimestamp(), limit = (long)(seconds * Stopwatch.Frequency);
+        int ops = 0;
+        long now;
+        do
+        {
+            Op(_next++);
+            ops++;
+            now = Stopwatch.GetTimestamp();
+        } while (now - t0 < limit);
+        _cpu += Process.GetCurrentProcess().TotalProcessorTime - cpu;
+        _ticks += now - t0;
+        Ops += ops;
+        Rounds.Add(ops * (double)Stopwatch.Frequency / (now - t0));
+        SliceEnded();
+    }
+
+    protected long OverwriteOffset() => (long)Rng.Next(JournalBench.OverwriteFileBytes / JournalBench.OverwriteBytes) * JournalBench.OverwriteBytes;
+}
+
+internal sealed class UntornContender(string dir, JournalBench.Loop loop) : Contender("untorn", loop)
+{
+    private string _path = "";
+    private CountingDevice? _dev;
+    private Ext4Fs? _fs;
+    private int _ow = -1;
+    private byte[] _data = [];
+    private CountingDevice.Counts _total, _sliceStart;
+
+    public override CountingDevice.Counts? Counts => _total;
+
+    public override void Setup()
+    {
+        _path = Images.Make(dir, "journal-untorn.img", JournalBench.ImageBytes);
+        _dev = new CountingDevice(new FileBlockDevice(_path, readOnly: false));
+        _fs = Ext4Fs.Open(_dev);
+        _data = JournalBench.Payload(Loop == JournalBench.Loop.Create4K ? JournalBench.CreateBytes : JournalBench.OverwriteBytes);
+        if (Loop == JournalBench.Loop.Create4K) _fs.Mkdir("/b"u8, 0x1ED);
+        else
+        {
+            _ow = _fs.Open("/ow"u8, OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
+            _fs.Pwrite(_ow, new byte[JournalBench.OverwriteFileBytes], 0);
+            _fs.Fsync(_ow);
+        }
+    }
+
+    protected override void Op(int i)
+    {
+        var fs = _fs!;
+        if (Loop == JournalBench.Loop.Create4K)
+        {
+            int fd = fs.Open(Encoding.UTF8.GetBytes($"/b/f{i}"), OpenFlags.RdWr | OpenFlags.Creat | OpenFlags.Excl, 0x1A4);
+            fs.Pwrite(fd, _data, 0);
+            fs.Fsync(fd);
+            fs.Close(fd);
+        }
+        else
+        {
+            fs.Pwrite(_ow, _data, OverwriteOffset());
+            fs.Fdatasync(_ow);
+        }
+    }
+
+    protected override void SliceStarting() => _sliceStart = _dev!.Snapshot();
+    protected override void SliceEnded() => _total += _dev!.Snapshot() - _sliceStart;
+
+    public override void Teardown()
+    {
+        if (_fs == null) return;
+        if (_ow >= 0) _fs.Close(_ow);
+        _fs.Dispose();
+        _fs = null;
+        if (Ops > 0)
+        {
+            double us = 1e6 / Stopwatch.Frequency / Ops, flush = _total.FlushTicks * us, write = _total.WriteTicks * us;
+            Notes.Add($"untorn {Loop}: per op {flush:F0} us in flushes (fdatasync of the image), {write:F0} us in device writes, {1e6 / OpsPerSecond - flush - write:F0} us in the engine");
+        }
+        var (code, output) = Images.TryRun("e2fsck", "-fn", _path);
+        Notes.Add(code == 0 ? $"untorn {Loop}: e2fsck -fn of its image afterwards: clean" : $"untorn {Loop}: e2fsck -fn NOT CLEAN ({code})\n{output}");
+        Images.Delete(_path);
+    }
+}
+
+internal sealed class KernelContender(string dir, string mnt, JournalBench.Loop loop) : Contender("kernel", loop)
+{
+    private string _path = "";
+    private bool _mounted;
+    private SafeFileHandle? _ow;
+    private byte[] _data = [];
+
+    public override void Setup()
+    {
+        _path = Images.Make(dir, "journal-kernel.img", JournalBench.ImageBytes);
+        Images.Run("mount", "-o", "loop", _path, mnt);
+        _mounted = true;
+        _data = JournalBench.Payload(Loop == JournalBench.Loop.Create4K ? JournalBench.CreateBytes : JournalBench.OverwriteBytes);
+        if (Loop == JournalBench.Loop.Create4K) Directory.CreateDirectory(Path.Combine(mnt, "b"));
+        else
+        {
+            _ow = File.OpenHandle(Path.Combine(mnt, "ow"), FileMode.CreateNew, FileAccess.ReadWrite);
+            RandomAccess.Write(_ow, new byte[JournalBench.OverwriteFileBytes], 0);
+            RandomAccess.FlushToDisk(_ow);
+        }
+    }
+
+    protected override void Op(int i)
+    {
+        if (Loop == JournalBench.Loop.Create4K)
+        {
+            using var h = File.OpenHandle(Path.Combine(mnt, "b", $"f{i}"), FileMode.CreateNew, FileAccess.ReadWrite);
+            RandomAccess.Write(h, _data, 0);
+            RandomAccess.FlushToDisk(h); // fsync(2)
+        }
+        else
+        {
+            RandomAccess.Write(_ow!, _data, OverwriteOffset());
+            JournalBench.FdataSync(_ow!);
+        }
+    }
+
+    public override void Teardown()
+    {
+        _ow?.Dispose();
+        if (_mounted) Images.Run("umount", mnt);
+        _mounted = false;
+        if (_path.Length > 0) Images.Delete(_path);
+    }
+}
+
+internal sealed class RawContender(string dir, JournalBench.Loop loop) : Contender("raw", loop)
+{
+    private const long Region = JournalBench.ImageBytes / 2; // past what mke2fs wrote
+    private string _path = "";
+    private SafeFileHandle? _h;
+    private byte[] _data = [];
+
+    public override void Setup()
+    {
+        _path = Images.Make(dir, "journal-raw.img", JournalBench.ImageBytes);
+        _h = File.OpenHandle(_path, FileMode.Open, FileAccess.ReadWrite);
+        _data = JournalBench.Payload(Loop == JournalBench.Loop.Create4K ? JournalBench.CreateBytes : JournalBench.OverwriteBytes);
+        if (Loop == JournalBench.Loop.Overwrite16K)
+        {
+            RandomAccess.Write(_h, new byte[JournalBench.OverwriteFileBytes], Region);
+            RandomAccess.FlushToDisk(_h);
+        }
+    }
+
+    protected override void Op(int i)
+    {
+        long at = Loop == JournalBench.Loop.Create4K ? Region + (long)i * JournalBench.CreateBytes % Region : Region + OverwriteOffset();
+        RandomAccess.Write(_h!, _data, at);
+        JournalBench.FdataSync(_h!);
+    }
+
+    public override void Teardown()
+    {
+        _h?.Dispose();
+        if (_path.Length > 0) Images.Delete(_path);
     }
 }
 
@@ -270,6 +314,8 @@ internal sealed class CountingDevice(IBlockDevice inner) : IBlockDevice
     {
         public static Counts operator -(Counts a, Counts b) =>
             new(a.Writes - b.Writes, a.Bytes - b.Bytes, a.Flushes - b.Flushes, a.WriteTicks - b.WriteTicks, a.FlushTicks - b.FlushTicks);
+        public static Counts operator +(Counts a, Counts b) =>
+            new(a.Writes + b.Writes, a.Bytes + b.Bytes, a.Flushes + b.Flushes, a.WriteTicks + b.WriteTicks, a.FlushTicks + b.FlushTicks);
     }
 
     public Counts Snapshot() => new(Interlocked.Read(ref _writes), Interlocked.Read(ref _bytes), Interlocked.Read(ref _flushes),
