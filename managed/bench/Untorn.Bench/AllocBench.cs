@@ -30,15 +30,16 @@ internal static class AllocBench
         int maxAllocs = opts.Quick ? 2000 : 20000;
         double baselineBudget = opts.Quick ? 0.5 : 4; // seconds of baseline scanning per cell at most
         Console.WriteLine($"""
-            Each cell: up to {maxAllocs} aligned allocations (a unit of n blocks at a multiple of n), goals
-            uniform over the image (seeded), each call timed alone; afterwards they are freed, so every cell
-            starts from the same state. Fragmented: every group is cut into consecutive runs of log-uniform
+            Each cell: up to {maxAllocs} aligned allocations (a unit of n blocks at a multiple of n), each call
+            timed alone; afterwards they are freed, so every cell starts from the same state. Goals: random =
+            uniform over the image (seeded; every call lands in a cold group), follow = right after the
+            previous allocation (a file growing; the first goal random). Fragmented: every group is cut into consecutive runs of log-uniform
             length 1..{MaxRunBlocks} blocks and each run is marked used with probability 1/2 (Mballoc.Reserve, in
             memory; the same runs in the baseline's bitmaps). Baseline: first-fit bit-by-bit scan of the
             group bitmaps from the goal (at most {baselineBudget} s per cell). ratio = baseline p50 / mballoc p50.
 
             """);
-        var table = new Table("image", "state", "unit", "free units", "allocs", "mballoc/s", "p50 us", "p99 us",
+        var table = new Table("image", "state", "unit", "goals", "free units", "allocs", "mballoc/s", "p50 us", "p99 us",
             "scan allocs", "scan/s", "scan p50 us", "scan p99 us", "p50 ratio");
         var setup = new Table("image", "groups", "mke2fs s", "build buddies s", "fragment s", "free % after");
         var targets = new List<string>();
@@ -70,19 +71,20 @@ internal static class AllocBench
                         setup.Add(label, source.GroupCount.ToString(), $"{mkfs:F1}", $"{build:F2}", $"{frag:F2}", $"{100.0 * mballoc.FreeClusters() / total:F1}");
                     }
                     foreach (ulong unitBytes in UnitBytes)
+                    foreach (bool follow in (bool[])[false, true])
                     {
                         ulong n = unitBytes / BlockSize;
                         long free = mballoc.FreeChunks(BitOperations.Log2(n));
                         int count = (int)Math.Min(maxAllocs, free / 2);
                         var goals = Goals(new Random(1000 + (int)n), count, total);
-                        var ours = MeasureMballoc(mballoc, goals, n);
-                        var theirs = MeasureScan(scan, goals, n, baselineBudget);
+                        var ours = MeasureMballoc(mballoc, goals, n, follow);
+                        var theirs = MeasureScan(scan, goals, n, baselineBudget, follow);
                         double ratio = theirs.PercentileUs(50) / ours.PercentileUs(50);
-                        table.Add(label, state, Unit(unitBytes), free.ToString(), ours.Count.ToString(), $"{ours.PerSecond:F0}",
+                        table.Add(label, state, Unit(unitBytes), follow ? "follow" : "random", free.ToString(), ours.Count.ToString(), $"{ours.PerSecond:F0}",
                             $"{ours.PercentileUs(50):F2}", $"{ours.PercentileUs(99):F2}", theirs.Count.ToString(), $"{theirs.PerSecond:F0}",
                             $"{theirs.PercentileUs(50):F2}", $"{theirs.PercentileUs(99):F2}", $"{ratio:F1}x");
                         if (size == sizes[^1] && state == "fragmented")
-                            targets.Add($"{Unit(unitBytes)}: p50 {ours.PercentileUs(50):F2} us at {label} fragmented: {(ours.PercentileUs(50) < 5 ? "under" : "OVER")} the 5 us target");
+                            targets.Add($"{Unit(unitBytes)}, {(follow ? "follow" : "random")} goals: p50 {ours.PercentileUs(50):F2} us at {label} fragmented: {(ours.PercentileUs(50) < 5 ? "under" : "OVER")} the 5 us target");
                     }
                 }
             }
@@ -103,34 +105,40 @@ internal static class AllocBench
         return goals;
     }
 
-    private static Samples MeasureMballoc(Mballoc mballoc, ulong[] goals, ulong n)
+    private static Samples MeasureMballoc(Mballoc mballoc, ulong[] goals, ulong n, bool follow)
     {
         var samples = new Samples(goals.Length);
         var taken = new List<ulong>(goals.Length);
-        foreach (ulong goal in goals)
+        ulong next = goals.Length > 0 ? goals[0] : 0;
+        foreach (ulong g in goals)
         {
+            ulong goal = follow ? next : g;
             long t0 = Stopwatch.GetTimestamp();
             var (start, _) = mballoc.Allocate(new AllocRequest(goal, n, n));
             samples.Add(Stopwatch.GetTimestamp() - t0);
             if (start % n != 0) throw new InvalidOperationException($"mballoc returned {start}, not {n}-aligned");
             taken.Add(start);
+            next = start + n;
         }
         foreach (ulong s in taken) mballoc.Free(s, n);
         return samples;
     }
 
-    private static Samples MeasureScan(BitmapScan scan, ulong[] goals, ulong n, double budgetSeconds)
+    private static Samples MeasureScan(BitmapScan scan, ulong[] goals, ulong n, double budgetSeconds, bool follow)
     {
         var samples = new Samples(goals.Length);
         var taken = new List<ulong>(goals.Length);
         long budget = (long)(budgetSeconds * Stopwatch.Frequency);
-        foreach (ulong goal in goals)
+        ulong next = goals.Length > 0 ? goals[0] : 0;
+        foreach (ulong g in goals)
         {
+            ulong goal = follow ? next : g;
             long t0 = Stopwatch.GetTimestamp();
             ulong? start = scan.Allocate(goal, n);
             samples.Add(Stopwatch.GetTimestamp() - t0);
             if (start is not { } s) throw new InvalidOperationException("the baseline found no aligned run where mballoc counted free chunks");
             taken.Add(s);
+            next = s + n;
             if (samples.TotalTicks > budget) break;
         }
         foreach (ulong s in taken) scan.Set(s, n, used: false);
@@ -144,8 +152,8 @@ internal static class AllocBench
         {
             ulong n = unit / BlockSize;
             var goals = Goals(new Random(7), 200, total);
-            MeasureMballoc(mballoc, goals, n);
-            MeasureScan(scan, goals, n, 1);
+            MeasureMballoc(mballoc, goals, n, follow: false);
+            MeasureScan(scan, goals, n, 1, follow: false);
         }
     }
 
