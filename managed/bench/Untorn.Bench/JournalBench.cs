@@ -232,12 +232,30 @@ internal sealed class KernelContender(string dir, string mnt, JournalBench.Loop 
     private bool _mounted;
     private SafeFileHandle? _ow;
     private byte[] _data = [];
+    private string? _stat; // the loop device's /sys/block/loopN/stat: what the kernel's ext4 asked of it
+    private CountingDevice.Counts _total, _sliceStart;
+
+    public override CountingDevice.Counts? Counts => _stat == null ? null : _total;
+
+    protected override void SliceStarting() => _sliceStart = LoopStat();
+    protected override void SliceEnded() => _total += LoopStat() - _sliceStart;
+
+    // Block-layer requests (after merging), sectors and flush requests (Documentation/block/stat.rst).
+    private CountingDevice.Counts LoopStat()
+    {
+        if (_stat == null) return default;
+        var f = File.ReadAllText(_stat).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+        return new CountingDevice.Counts(f[4], f[6] * 512, f.Length > 15 ? f[15] : 0, 0, 0);
+    }
 
     public override void Setup()
     {
         _path = Images.Make(dir, "journal-kernel.img", JournalBench.ImageBytes);
         Images.Run("mount", "-o", "loop", _path, mnt);
         _mounted = true;
+        var (code, loops) = Images.TryRun("losetup", "-j", _path);
+        string dev = code == 0 ? loops.Split(':')[0].Trim() : "";
+        if (dev.StartsWith("/dev/loop") && File.Exists($"/sys/block/{dev[5..]}/stat")) _stat = $"/sys/block/{dev[5..]}/stat";
         _data = JournalBench.Payload(Loop == JournalBench.Loop.Create4K ? JournalBench.CreateBytes : JournalBench.OverwriteBytes);
         if (Loop == JournalBench.Loop.Create4K) Directory.CreateDirectory(Path.Combine(mnt, "b"));
         else

@@ -11,10 +11,11 @@ namespace Untorn;
 /// block together with the journal superblock whose tail now starts at this transaction, a flush.
 /// Then the blocks are written home without waiting; the next commit's first flush makes them
 /// durable before its tail update drops this transaction from the log. The log therefore holds at
-/// most the last two transactions, and a block freed by a transaction becomes reusable (after its
-/// commit) only once every older transaction that logged it is behind the tail, so a replay never
-/// overwrites reused data (no revoke records needed). While the writer is open the filesystem
-/// carries needs_recovery, as a mounted ext4 does.
+/// most the last two transactions. A transaction that frees blocks is checkpointed at once (its
+/// home writes, a flush, the tail past it, a flush) before the freed blocks can be reused, so no
+/// transaction that logged a freed block is ever replayed over the data reusing it (no revoke
+/// records needed). While the writer is open the filesystem carries needs_recovery, as a mounted
+/// ext4 does.
 /// </summary>
 internal sealed class Jbd2CommitWriter : ICommitWriter
 {
@@ -73,7 +74,7 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         _open = false;
     }
 
-    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks)
+    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
     {
         if (!_open) throw new InvalidOperationException("journal writer not opened");
         var jsb = _journal.Super;
@@ -110,6 +111,19 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         foreach (var (home, data) in blocks)
             _dev.Write((long)home * _bs, data);
         _homeWritesUnflushed = true;
+        if (freesBlocks) Checkpoint();
+    }
+
+    // Empties the log: the home writes made durable, then the tail moved to the head.
+    private void Checkpoint()
+    {
+        _dev.Flush();
+        _homeWritesUnflushed = false;
+        var jsb = _journal.Super;
+        jsb.Start = _head;
+        jsb.Sequence = _sequence;
+        WriteJournalSuperblock();
+        _dev.Flush();
     }
 
     // Descriptor blocks of tags, each followed by the blocks it describes, from the head on.

@@ -7,8 +7,10 @@ internal interface ICommitWriter
     /// Makes <paramref name="blocks"/> durable together (for jbd2: log, flush, commit record,
     /// flush) and then writes them to their home locations. File data written before the call
     /// must reach the device first (ordered mode): implementations flush before committing.
+    /// <paramref name="freesBlocks"/>: blocks freed by the transaction become reusable on return,
+    /// so nothing older may be replayed over them after a crash.
     /// </summary>
-    void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks);
+    void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false);
 
     /// <summary>False for a filesystem without a journal: a crash may leave a metadata operation half done.</summary>
     bool IsCrashSafe { get; }
@@ -23,7 +25,7 @@ internal sealed class InPlaceCommitWriter(IBlockDevice device, int blockSize) : 
 {
     public bool IsCrashSafe => false;
 
-    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks)
+    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
     {
         device.Flush();
         foreach (var (block, data) in blocks.OrderBy(b => b.Key))
@@ -74,7 +76,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
             }
             var blocks = _running.ToList();
             _cache.BeginHomeWrites();
-            try { writer.Commit(_tid++, blocks); }
+            try { writer.Commit(_tid++, blocks, freesBlocks: _afterCommit.Count > 0); }
             finally { _cache.EndHomeWrites(); }
             _running = new Dictionary<ulong, byte[]>();
             foreach (var (block, data) in blocks) _cache.Release(block, data);
