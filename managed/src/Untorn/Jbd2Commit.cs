@@ -7,15 +7,16 @@ namespace Untorn;
 /// format the kernel and e2fsck replay, with two flushes per commit, as the kernel's
 /// PREFLUSH+FUA commit record costs: descriptor blocks of tags and the blocks themselves (escaped
 /// when they begin with the jbd2 magic), a flush — which also makes durable the file data written
-/// for this transaction (ordered mode) and the previous transaction's home writes — then the commit
-/// block together with the journal superblock whose tail now starts at this transaction, a flush.
-/// Then the blocks are written home without waiting; the next commit's first flush makes them
-/// durable before its tail update drops this transaction from the log. The log therefore holds at
-/// most the last two transactions. A transaction that frees blocks is checkpointed at once (its
-/// home writes, a flush, the tail past it, a flush) before the freed blocks can be reused, so no
-/// transaction that logged a freed block is ever replayed over the data reusing it (no revoke
-/// records needed). While the writer is open the filesystem carries needs_recovery, as a mounted
-/// ext4 does.
+/// for this transaction (ordered mode) — then the commit block, a flush. Checkpointing is lazy, as
+/// in jbd2: committed blocks wait in memory (the buffer cache keeps serving them) and go home in
+/// one batch, newest version only, when the log fills up; the batch is written just before a
+/// commit's log blocks, so that commit's first flush makes it durable and its commit record's epoch
+/// moves the tail to it (if only the superblock lands, the batch is home and the new transaction
+/// is not replayed; if only the commit record lands, everything from the old tail is replayed, in
+/// order). A transaction that frees blocks is checkpointed entirely at once (home, a flush, the
+/// tail past it, a flush) before the freed blocks can be reused, so no transaction that logged a
+/// freed block is ever replayed over data reusing it (no revoke records needed). While the writer
+/// is open the filesystem carries needs_recovery, as a mounted ext4 does.
 /// </summary>
 internal sealed class Jbd2CommitWriter : ICommitWriter
 {
@@ -25,7 +26,11 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     private uint _head;
     private uint _sequence;
     private bool _open;
-    private bool _homeWritesUnflushed; // the last transaction's home writes, not yet behind a flush
+    private readonly Dictionary<ulong, byte[]> _waiting = new(); // committed, not yet written home
+    private long _logUsed; // log blocks from the tail to the head
+
+    /// <summary>Past this many waiting blocks a commit checkpoints first (bounds memory and replay work).</summary>
+    internal const int MaxWaitingBlocks = 4096;
 
     /// <summary>Tests turn this off to leave committed transactions in the log, as a crash would.</summary>
     internal bool CheckpointAfterCommit { get; set; } = true;
@@ -62,8 +67,8 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     public void Close()
     {
         if (!_open) return;
-        if (_homeWritesUnflushed) _dev.Flush(); // the log may forget the last transaction only once it is home
-        _homeWritesUnflushed = false;
+        WriteHome(new List<KeyValuePair<ulong, byte[]>>());
+        _dev.Flush(); // the log may forget the transactions only once they are home
         var jsb = _journal.Super;
         jsb.Start = 0;
         jsb.Sequence = _sequence;
@@ -74,7 +79,10 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         _open = false;
     }
 
-    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
+    /// <summary>The committed bytes of a block still waiting to go home, or null (the device has them).</summary>
+    public byte[]? Waiting(ulong block) => _waiting.GetValueOrDefault(block);
+
+    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
     {
         if (!_open) throw new InvalidOperationException("journal writer not opened");
         var jsb = _journal.Super;
@@ -82,48 +90,61 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         int tail = jsb.HasCsumV2OrV3 ? Jbd2Format.TailSize : 0;
         int perDescriptor = (_bs - Jbd2Format.HeaderSize - tail - 16) / tagSize; // the first tag carries the 16-byte uuid
         int descriptors = (blocks.Count + perDescriptor - 1) / perDescriptor;
-        long needed = descriptors + blocks.Count + 1;
-        if (needed > (jsb.MaxLen - jsb.First) / 2) // the log holds the last two transactions
-            throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {jsb.MaxLen - jsb.First}-block journal");
+        long needed = descriptors + blocks.Count + 1, capacity = jsb.MaxLen - jsb.First;
+        if (needed > capacity / 2)
+            throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {capacity}-block journal");
 
+        var home = new List<KeyValuePair<ulong, byte[]>>();
+        // The log keeps a quarter free: past that, the waiting blocks go home ahead of this log.
+        bool moveTail = CheckpointAfterCommit && _waiting.Count > 0 &&
+            (_logUsed + needed > capacity * 3 / 4 || _waiting.Count >= MaxWaitingBlocks);
+        if (moveTail) WriteHome(home);
         uint seq = _sequence, start = _head;
         WriteLogBlocks(seq, blocks, perDescriptor, tagSize, tail);
-        // One flush for three things that must precede the commit record: this transaction's log
-        // blocks, the file data it points at (ordered mode), and the previous transaction's home
-        // writes (so the tail may move past it below).
+        // One flush for what must precede the commit record: this transaction's log blocks, the
+        // file data it points at (ordered mode), and the checkpoint batch written above.
         _dev.Flush();
-        _homeWritesUnflushed = false;
         WriteLog(_head, CommitBlock(seq));
         _head = _journal.Next(_head);
-        // The tail moves to this transaction in the same epoch as its commit record: if only the
-        // superblock lands, the previous transaction is already home and this one is not replayed;
-        // if only the commit record lands, both are replayed, in order.
-        if (CheckpointAfterCommit && (jsb.Start != start || jsb.Sequence != seq))
+        if (moveTail)
         {
             jsb.Start = start;
             jsb.Sequence = seq;
             WriteJournalSuperblock();
+            _logUsed = 0;
         }
+        _logUsed += needed;
         _dev.Flush();
         _sequence = seq + 1;
 
-        if (!CheckpointAfterCommit) return;
-        foreach (var (home, data) in blocks)
-            _dev.Write((long)home * _bs, data);
-        _homeWritesUnflushed = true;
-        if (freesBlocks) Checkpoint();
+        if (!CheckpointAfterCommit) return blocks; // tests: the log keeps everything, nothing goes home
+        foreach (var (block, data) in blocks) _waiting[block] = data;
+        if (freesBlocks) Checkpoint(home);
+        return home;
     }
 
-    // Empties the log: the home writes made durable, then the tail moved to the head.
-    private void Checkpoint()
+    // Empties the log: everything waiting goes home, a flush, the tail moves to the head, a flush.
+    private void Checkpoint(List<KeyValuePair<ulong, byte[]>> home)
     {
+        WriteHome(home);
         _dev.Flush();
-        _homeWritesUnflushed = false;
         var jsb = _journal.Super;
         jsb.Start = _head;
         jsb.Sequence = _sequence;
         WriteJournalSuperblock();
         _dev.Flush();
+        _logUsed = 0;
+    }
+
+    // Writes the waiting blocks to their home locations in block order; they join `home`.
+    private void WriteHome(List<KeyValuePair<ulong, byte[]>> home)
+    {
+        foreach (var (block, data) in _waiting.OrderBy(b => b.Key))
+        {
+            _dev.Write((long)block * _bs, data);
+            home.Add(new(block, data));
+        }
+        _waiting.Clear();
     }
 
     // Descriptor blocks of tags, each followed by the blocks it describes, from the head on.
