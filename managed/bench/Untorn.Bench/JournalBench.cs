@@ -171,6 +171,7 @@ internal sealed class UntornContender(string dir, JournalBench.Loop loop) : Cont
     private int _ow = -1;
     private byte[] _data = [];
     private CountingDevice.Counts _total, _sliceStart;
+    private readonly long[] _phaseTicks = new long[4]; // (A) create, pwrite, fsync, close
 
     public override CountingDevice.Counts? Counts => _total;
 
@@ -194,10 +195,22 @@ internal sealed class UntornContender(string dir, JournalBench.Loop loop) : Cont
         var fs = _fs!;
         if (Loop == JournalBench.Loop.Create4K)
         {
+            long t0 = Stopwatch.GetTimestamp();
             int fd = fs.Open(Encoding.UTF8.GetBytes($"/b/f{i}"), OpenFlags.RdWr | OpenFlags.Creat | OpenFlags.Excl, 0x1A4);
+            long t1 = Stopwatch.GetTimestamp();
             fs.Pwrite(fd, _data, 0);
+            long t2 = Stopwatch.GetTimestamp();
             fs.Fsync(fd);
+            long t3 = Stopwatch.GetTimestamp();
             fs.Close(fd);
+            long t4 = Stopwatch.GetTimestamp();
+            if (i >= 20)
+            {
+                _phaseTicks[0] += t1 - t0;
+                _phaseTicks[1] += t2 - t1;
+                _phaseTicks[2] += t3 - t2;
+                _phaseTicks[3] += t4 - t3;
+            }
         }
         else
         {
@@ -219,6 +232,8 @@ internal sealed class UntornContender(string dir, JournalBench.Loop loop) : Cont
         {
             double us = 1e6 / Stopwatch.Frequency / Ops, flush = _total.FlushTicks * us, write = _total.WriteTicks * us;
             Notes.Add($"untorn {Loop}: per op {flush:F0} us in flushes (fdatasync of the image), {write:F0} us in device writes, {1e6 / OpsPerSecond - flush - write:F0} us in the engine");
+            if (Loop == JournalBench.Loop.Create4K)
+                Notes.Add($"untorn {Loop}: per op {_phaseTicks[0] * us:F0} us in open(O_CREAT), {_phaseTicks[1] * us:F0} us in pwrite, {_phaseTicks[2] * us:F0} us in fsync, {_phaseTicks[3] * us:F0} us in close");
         }
         var (code, output) = Images.TryRun("e2fsck", "-fn", _path);
         Notes.Add(code == 0 ? $"untorn {Loop}: e2fsck -fn of its image afterwards: clean" : $"untorn {Loop}: e2fsck -fn NOT CLEAN ({code})\n{output}");
