@@ -9,7 +9,7 @@ namespace Untorn;
 /// when they begin with the jbd2 magic), a flush — which also makes durable the file data written
 /// for this transaction (ordered mode) — then the commit block, a flush. Checkpointing is lazy, as
 /// in jbd2: committed blocks wait in memory (the buffer cache keeps serving them) and go home in
-/// one batch, newest version only, when the log fills up; the batch is written just before a
+/// one batch, newest version only, when the log is half full; the batch is written just before a
 /// commit's log blocks, so that commit's first flush makes it durable and its commit record's epoch
 /// moves the tail to it (if only the superblock lands, the batch is home and the new transaction
 /// is not replayed; if only the commit record lands, everything from the old tail is replayed, in
@@ -95,9 +95,11 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
             throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {capacity}-block journal");
 
         var home = new List<KeyValuePair<ulong, byte[]>>();
-        // The log keeps a quarter free: past that, the waiting blocks go home ahead of this log.
+        // Past half the log, the waiting blocks go home ahead of this log. Until this commit's
+        // epoch moves the tail, the old transactions must stay intact behind it: with at most half
+        // the log in use and a transaction of at most half, the new log blocks never reach them.
         bool moveTail = CheckpointAfterCommit && _waiting.Count > 0 &&
-            (_logUsed + needed > capacity * 3 / 4 || _waiting.Count >= MaxWaitingBlocks);
+            (_logUsed + needed > capacity / 2 || _waiting.Count >= MaxWaitingBlocks);
         if (moveTail) WriteHome(home);
         uint seq = _sequence, start = _head;
         WriteLogBlocks(seq, blocks, perDescriptor, tagSize, tail);
