@@ -33,10 +33,11 @@ internal static class AllocBench
             Each cell: up to {maxAllocs} aligned allocations (a unit of n blocks at a multiple of n), each call
             timed alone; afterwards they are freed, so every cell starts from the same state. Goals: random =
             uniform over the image (seeded; every call lands in a cold group), follow = right after the
-            previous allocation (a file growing; the first goal random). Fragmented: every group is cut into consecutive runs of log-uniform
-            length 1..{MaxRunBlocks} blocks and each run is marked used with probability 1/2 (Mballoc.Reserve, in
-            memory; the same runs in the baseline's bitmaps). Baseline: first-fit bit-by-bit scan of the
-            group bitmaps from the goal (at most {baselineBudget} s per cell). ratio = baseline p50 / mballoc p50.
+            previous allocation (a file growing; the first goal random). Fragmented: every group is cut
+            into consecutive runs of log-uniform length 1..{MaxRunBlocks} blocks and each run is marked used
+            with probability 1/2 (Mballoc.Reserve, in memory; the same runs in the baseline's bitmaps).
+            Baseline: first-fit bit-by-bit scan of the group bitmaps from the goal (at most {baselineBudget} s
+            per cell). allocs/s = calls / their summed latency. ratio = baseline p50 / mballoc p50.
 
             """);
         var table = new Table("image", "state", "unit", "goals", "free units", "allocs", "mballoc/s", "p50 us", "p99 us",
