@@ -150,7 +150,7 @@ public static unsafe class Exports
     {
         try
         {
-            Handles.Get(fs).Fsync(fd);
+            Handles.Get(fs).Fdatasync(fd);
             return 0;
         }
         catch (Exception e) { return ErrnoMapper.Of(e); }

@@ -4,12 +4,19 @@ namespace Untorn;
 
 /// <summary>
 /// Commits metadata transactions through the internal jbd2 journal (fs/jbd2/commit.c), in the
-/// format the kernel and e2fsck replay: descriptor blocks of tags, the blocks themselves (escaped
-/// when they begin with the jbd2 magic), a flush, the commit block, a flush. Then it checkpoints:
-/// the blocks go to their home locations, a flush, and the journal superblock's tail moves past the
-/// transaction. Only the newest transaction can therefore be in the log at a crash, so a block that
-/// was freed and reused for data can never be overwritten by a replay (no revoke records needed).
-/// While the writer is open the filesystem carries needs_recovery, as a mounted ext4 does.
+/// format the kernel and e2fsck replay, with two flushes per commit, as the kernel's
+/// PREFLUSH+FUA commit record costs: descriptor blocks of tags and the blocks themselves (escaped
+/// when they begin with the jbd2 magic), a flush — which also makes durable the file data written
+/// for this transaction (ordered mode) — then the commit block, a flush. Checkpointing is lazy, as
+/// in jbd2: committed blocks wait in memory (the buffer cache keeps serving them) and go home in
+/// one batch, newest version only, when the log is half full; the batch is written just before a
+/// commit's log blocks, so that commit's first flush makes it durable and its commit record's epoch
+/// moves the tail to it (if only the superblock lands, the batch is home and the new transaction
+/// is not replayed; if only the commit record lands, everything from the old tail is replayed, in
+/// order). A transaction that frees blocks is checkpointed entirely at once (home, a flush, the
+/// tail past it, a flush) before the freed blocks can be reused, so no transaction that logged a
+/// freed block is ever replayed over data reusing it (no revoke records needed). While the writer
+/// is open the filesystem carries needs_recovery, as a mounted ext4 does.
 /// </summary>
 internal sealed class Jbd2CommitWriter : ICommitWriter
 {
@@ -19,6 +26,11 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     private uint _head;
     private uint _sequence;
     private bool _open;
+    private readonly Dictionary<ulong, byte[]> _waiting = new(); // committed, not yet written home
+    private long _logUsed; // log blocks from the tail to the head
+
+    /// <summary>Past this many waiting blocks a commit checkpoints first (bounds memory and replay work).</summary>
+    internal const int MaxWaitingBlocks = 4096;
 
     /// <summary>Tests turn this off to leave committed transactions in the log, as a crash would.</summary>
     internal bool CheckpointAfterCommit { get; set; } = true;
@@ -55,6 +67,8 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     public void Close()
     {
         if (!_open) return;
+        WriteHome(new List<KeyValuePair<ulong, byte[]>>());
+        _dev.Flush(); // the log may forget the transactions only once they are home
         var jsb = _journal.Super;
         jsb.Start = 0;
         jsb.Sequence = _sequence;
@@ -65,7 +79,10 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         _open = false;
     }
 
-    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks)
+    /// <summary>The committed bytes of a block still waiting to go home, or null (the device has them).</summary>
+    public byte[]? Waiting(ulong block) => _waiting.GetValueOrDefault(block);
+
+    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
     {
         if (!_open) throw new InvalidOperationException("journal writer not opened");
         var jsb = _journal.Super;
@@ -73,12 +90,69 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         int tail = jsb.HasCsumV2OrV3 ? Jbd2Format.TailSize : 0;
         int perDescriptor = (_bs - Jbd2Format.HeaderSize - tail - 16) / tagSize; // the first tag carries the 16-byte uuid
         int descriptors = (blocks.Count + perDescriptor - 1) / perDescriptor;
-        long needed = descriptors + blocks.Count + 1;
-        if (needed > (jsb.MaxLen - jsb.First) / 2)
-            throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {jsb.MaxLen - jsb.First}-block journal");
+        long needed = descriptors + blocks.Count + 1, capacity = jsb.MaxLen - jsb.First;
+        if (needed > capacity / 2)
+            throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {capacity}-block journal");
 
-        uint seq = _sequence;
-        _dev.Flush(); // ordered mode: file data reaches the device before the metadata that points at it
+        var home = new List<KeyValuePair<ulong, byte[]>>();
+        // Past half the log, the waiting blocks go home ahead of this log. Until this commit's
+        // epoch moves the tail, the old transactions must stay intact behind it: with at most half
+        // the log in use and a transaction of at most half, the new log blocks never reach them.
+        bool moveTail = CheckpointAfterCommit && _waiting.Count > 0 &&
+            (_logUsed + needed > capacity / 2 || _waiting.Count >= MaxWaitingBlocks);
+        if (moveTail) WriteHome(home);
+        uint seq = _sequence, start = _head;
+        WriteLogBlocks(seq, blocks, perDescriptor, tagSize, tail);
+        // One flush for what must precede the commit record: this transaction's log blocks, the
+        // file data it points at (ordered mode), and the checkpoint batch written above.
+        _dev.Flush();
+        WriteLog(_head, CommitBlock(seq));
+        _head = _journal.Next(_head);
+        if (moveTail)
+        {
+            jsb.Start = start;
+            jsb.Sequence = seq;
+            WriteJournalSuperblock();
+            _logUsed = 0;
+        }
+        _logUsed += needed;
+        _dev.Flush();
+        _sequence = seq + 1;
+
+        if (!CheckpointAfterCommit) return blocks; // tests: the log keeps everything, nothing goes home
+        foreach (var (block, data) in blocks) _waiting[block] = data;
+        if (freesBlocks) Checkpoint(home);
+        return home;
+    }
+
+    // Empties the log: everything waiting goes home, a flush, the tail moves to the head, a flush.
+    private void Checkpoint(List<KeyValuePair<ulong, byte[]>> home)
+    {
+        WriteHome(home);
+        _dev.Flush();
+        var jsb = _journal.Super;
+        jsb.Start = _head;
+        jsb.Sequence = _sequence;
+        WriteJournalSuperblock();
+        _dev.Flush();
+        _logUsed = 0;
+    }
+
+    // Writes the waiting blocks to their home locations in block order; they join `home`.
+    private void WriteHome(List<KeyValuePair<ulong, byte[]>> home)
+    {
+        foreach (var (block, data) in _waiting.OrderBy(b => b.Key))
+        {
+            _dev.Write((long)block * _bs, data);
+            home.Add(new(block, data));
+        }
+        _waiting.Clear();
+    }
+
+    // Descriptor blocks of tags, each followed by the blocks it describes, from the head on.
+    private void WriteLogBlocks(uint seq, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, int perDescriptor, int tagSize, int tail)
+    {
+        var jsb = _journal.Super;
         for (int first = 0; first < blocks.Count; first += perDescriptor)
         {
             int n = Math.Min(perDescriptor, blocks.Count - first);
@@ -113,20 +187,6 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
             if (tail != 0) SetTailChecksum(descriptor);
             WriteLog(descriptorAt, descriptor);
         }
-        _dev.Flush();
-        WriteLog(_head, CommitBlock(seq));
-        _head = _journal.Next(_head);
-        _dev.Flush();
-        _sequence = seq + 1;
-
-        if (!CheckpointAfterCommit) return;
-        foreach (var (home, data) in blocks)
-            _dev.Write((long)home * _bs, data);
-        _dev.Flush();
-        jsb.Start = _head;
-        jsb.Sequence = _sequence;
-        WriteJournalSuperblock();
-        _dev.Flush();
     }
 
     private void WriteTag(Span<byte> tag, ulong home, uint flags, uint checksum)

@@ -12,7 +12,11 @@ namespace Untorn;
 /// </summary>
 internal sealed class GroupBuddy
 {
-    private readonly ulong[][] _free; // per order k: bit i = absolute chunk (_base >> k) + i is wholly free
+    // Every order's words in one array, order k at [_start[k], _start[k + 1]): bit i of order k =
+    // absolute chunk (_base >> k) + i is wholly free. One array keeps the small high orders on a
+    // few cache lines, so a change that climbs all orders touches few lines of a cold group.
+    private readonly ulong[] _words;
+    private readonly int[] _start;
     private readonly long[] _counts;  // per order: number of free chunks
     // The group's start rounded down to 2^MaxOrder: every order's bit i then pairs with bits 2i and
     // 2i+1 of the order below, so a word of order k is built from two words of order k-1.
@@ -27,11 +31,12 @@ internal sealed class GroupBuddy
         Length = length;
         MaxOrder = length == 0 ? 0 : BitOperations.Log2(length);
         _base = start & ~((1UL << MaxOrder) - 1);
-        _free = new ulong[MaxOrder + 1][];
+        _start = new int[MaxOrder + 2];
         _counts = new long[MaxOrder + 1];
         ulong lastChunk = start + Math.Max(length, 1u) - 1;
         for (int k = 0; k <= MaxOrder; k++)
-            _free[k] = new ulong[((lastChunk >> k) - (_base >> k)) / 64 + 1];
+            _start[k + 1] = _start[k] + (int)(((lastChunk >> k) - (_base >> k)) / 64 + 1);
+        _words = new ulong[_start[MaxOrder + 1]];
         LoadFreeMap(usedBitmap);
         Rebuild(start, End);
     }
@@ -73,15 +78,15 @@ internal sealed class GroupBuddy
     {
         if (first < Start || count > End - first) throw new ArgumentOutOfRangeException(nameof(first), $"clusters {first}+{count} outside group [{Start}, {End})");
         if (count == 0) return;
-        var words = _free[0];
+        var words = Words(0);
         ulong lo = first - _base, hi = lo + count;
         for (ulong w = lo >> 6; w <= (hi - 1) >> 6; w++)
         {
             ulong from = Math.Max(lo, w << 6) - (w << 6), to = Math.Min(hi, (w + 1) << 6) - (w << 6);
             ulong mask = (to == 64 ? ulong.MaxValue : (1UL << (int)to) - 1) & ~((1UL << (int)from) - 1);
-            ulong old = words[w];
-            words[w] = used ? old & ~mask : old | mask;
-            _counts[0] += BitOperations.PopCount(words[w]) - BitOperations.PopCount(old);
+            ulong old = words[(int)w];
+            words[(int)w] = used ? old & ~mask : old | mask;
+            _counts[0] += BitOperations.PopCount(words[(int)w]) - BitOperations.PopCount(old);
         }
         Rebuild(first, first + count);
     }
@@ -175,14 +180,14 @@ internal sealed class GroupBuddy
     private ulong NextBit(int k, ulong from, ulong limit, bool wantFree, ulong mask = ulong.MaxValue)
     {
         ulong baseK = _base >> k;
-        var words = _free[k];
+        var words = Words(k);
         ulong endIdx = baseK + (ulong)words.Length * 64;
         if (from < baseK) { if (!wantFree) return from; from = baseK; }
         while (from < limit)
         {
             if (from >= endIdx) return wantFree ? limit : from;
             ulong rel = from - baseK;
-            ulong w = words[rel >> 6];
+            ulong w = words[(int)(rel >> 6)];
             w = (wantFree ? w : ~w) & mask;
             w >>= (int)(rel & 63);
             if (w != 0)
@@ -215,13 +220,13 @@ internal sealed class GroupBuddy
     private bool Get(int k, ulong index)
     {
         ulong rel = index - (_base >> k);
-        var words = _free[k];
-        return (rel >> 6) < (ulong)words.Length && (words[rel >> 6] & (1UL << (int)(rel & 63))) != 0;
+        var words = Words(k);
+        return (rel >> 6) < (ulong)words.Length && (words[(int)(rel >> 6)] & (1UL << (int)(rel & 63))) != 0;
     }
 
     private void LoadFreeMap(ReadOnlySpan<byte> used)
     {
-        var dest = _free[0];
+        var dest = Words(0);
         ulong offset = Start - _base;
         for (uint c = 0; c < Length; c += 64)
         {
@@ -235,32 +240,40 @@ internal sealed class GroupBuddy
             uint n = Math.Min(64, Length - c);
             if (n < 64) free &= (1UL << (int)n) - 1;
             ulong pos = offset + c;
-            dest[pos >> 6] |= free << (int)(pos & 63);
-            if ((pos & 63) != 0 && (pos >> 6) + 1 < (ulong)dest.Length) dest[(pos >> 6) + 1] |= free >> (64 - (int)(pos & 63));
+            dest[(int)(pos >> 6)] |= free << (int)(pos & 63);
+            if ((pos & 63) != 0 && (pos >> 6) + 1 < (ulong)dest.Length) dest[(int)((pos >> 6) + 1)] |= free >> (64 - (int)(pos & 63));
         }
         foreach (ulong w in dest) _counts[0] += BitOperations.PopCount(w);
     }
 
-    // Recomputes orders 1..MaxOrder for the words covering clusters [lo, hi).
+    // Recomputes orders 1..MaxOrder for the words covering clusters [lo, hi). An order whose words
+    // come out unchanged leaves every higher order as it was (each is built from the one below
+    // only), so the climb stops there.
     private void Rebuild(ulong lo, ulong hi)
     {
         if (hi <= lo) return;
         for (int k = 1; k <= MaxOrder; k++)
         {
             ulong baseK = _base >> k;
-            var below = _free[k - 1];
-            var words = _free[k];
+            var below = Words(k - 1);
+            var words = Words(k);
+            bool changed = false;
             ulong wLo = ((lo >> k) - baseK) >> 6, wHi = Math.Min(((((hi - 1) >> k) - baseK) >> 6), (ulong)words.Length - 1);
             for (ulong w = wLo; w <= wHi; w++)
             {
-                ulong a = 2 * w < (ulong)below.Length ? below[2 * w] : 0;
-                ulong b = 2 * w + 1 < (ulong)below.Length ? below[2 * w + 1] : 0;
+                ulong a = 2 * w < (ulong)below.Length ? below[(int)(2 * w)] : 0;
+                ulong b = 2 * w + 1 < (ulong)below.Length ? below[(int)(2 * w + 1)] : 0;
                 ulong v = EvenBits(a & (a >> 1)) | (EvenBits(b & (b >> 1)) << 32);
-                _counts[k] += BitOperations.PopCount(v) - BitOperations.PopCount(words[w]);
-                words[w] = v;
+                if (v == words[(int)w]) continue;
+                changed = true;
+                _counts[k] += BitOperations.PopCount(v) - BitOperations.PopCount(words[(int)w]);
+                words[(int)w] = v;
             }
+            if (!changed) break;
         }
     }
+
+    private Span<ulong> Words(int k) => _words.AsSpan(_start[k], _start[k + 1] - _start[k]);
 
     // Gathers bits 0, 2, 4, ... 62 of x into bits 0..31 (a pair of free halves makes a free chunk).
     private static ulong EvenBits(ulong x)

@@ -6,7 +6,10 @@ namespace Untorn;
 /// When the primary superblock fails its checksum — a torn in-place write, which a 512-byte-sector
 /// device can produce — the filesystem is opened from its first backup (group 1, as e2fsck -b
 /// would), the journal is replayed, and if the replay did not bring back a valid primary one is
-/// rebuilt from the backup with the free counts summed from the group descriptors.
+/// rebuilt from the backup with the free counts summed from the group descriptors. A filesystem
+/// too small for a backup (one group) that was being written (needs_recovery: the journal holds
+/// what the torn write carried) opens from the torn primary itself: a tear at a sector boundary
+/// leaves its geometry (the same in the old and new bytes) intact. A clean one stays EUCLEAN.
 /// </summary>
 internal static class SuperblockBackup
 {
@@ -30,7 +33,12 @@ internal static class SuperblockBackup
             try { return (Superblock.Parse(raw), raw); }
             catch (Ext4Exception) { }
         }
-        return null;
+        bool inFlight = (v.U32(0x60) & Features.IncompatRecover) != 0 && (v.U32(0x5C) & Features.CompatHasJournal) != 0;
+        if (!inFlight || candidates.Any(g => g != 0 && ((long)firstData + (long)g * bpg) * bs + Superblock.Size <= dev.Size)) return null;
+        var own = primary.ToArray();
+        Superblock.UpdateChecksum(own);
+        try { return (Superblock.Parse(own), own); }
+        catch (Ext4Exception) { return null; }
     }
 
     /// <summary>

@@ -5,10 +5,16 @@ internal interface ICommitWriter
 {
     /// <summary>
     /// Makes <paramref name="blocks"/> durable together (for jbd2: log, flush, commit record,
-    /// flush) and then writes them to their home locations. File data written before the call
+    /// flush) and writes them to their home locations, then or in a later commit's batch. File data written before the call
     /// must reach the device first (ordered mode): implementations flush before committing.
+    /// <paramref name="freesBlocks"/>: blocks freed by the transaction become reusable on return,
+    /// so nothing older may be replayed over them after a crash. Returns the blocks written to
+    /// their home locations by this call (of this or earlier transactions): the cache may drop them.
     /// </summary>
-    void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks);
+    IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false);
+
+    /// <summary>The committed bytes of a block not yet written home, or null when the device holds them.</summary>
+    byte[]? Waiting(ulong block);
 
     /// <summary>False for a filesystem without a journal: a crash may leave a metadata operation half done.</summary>
     bool IsCrashSafe { get; }
@@ -23,13 +29,16 @@ internal sealed class InPlaceCommitWriter(IBlockDevice device, int blockSize) : 
 {
     public bool IsCrashSafe => false;
 
-    public void Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks)
+    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
     {
         device.Flush();
         foreach (var (block, data) in blocks.OrderBy(b => b.Key))
             device.Write((long)block * blockSize, data);
         device.Flush();
+        return blocks;
     }
+
+    public byte[]? Waiting(ulong block) => null;
 }
 
 /// <summary>
@@ -73,14 +82,44 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
                 return;
             }
             var blocks = _running.ToList();
+            IReadOnlyList<KeyValuePair<ulong, byte[]>> home;
             _cache.BeginHomeWrites();
-            try { writer.Commit(_tid++, blocks); }
+            try { home = writer.Commit(_tid++, blocks, freesBlocks: _afterCommit.Count > 0); }
             finally { _cache.EndHomeWrites(); }
             _running = new Dictionary<ulong, byte[]>();
-            foreach (var (block, data) in blocks) _cache.Release(block, data);
+            foreach (var (block, data) in home) _cache.Release(block, data);
             var after = _afterCommit;
             _afterCommit = new List<Action>();
             foreach (var a in after) a();
+        }
+    }
+
+    /// <summary>
+    /// fdatasync's commit: when the running transaction's only change is <paramref name="block"/> and
+    /// <paramref name="notNeededForData"/> judges its new bytes against the committed ones as
+    /// nothing a reader of the file's data needs, only the device is flushed (file data written in
+    /// place becomes durable) and the change waits for the next commit; otherwise it commits.
+    /// </summary>
+    public void CommitUnlessOnly(ulong block, Func<byte[], byte[], bool> notNeededForData)
+    {
+        lock (_lock)
+        {
+            if (_running.Count == 1 && _running.TryGetValue(block, out var running))
+            {
+                // The committed bytes wait in the journal writer or are home on the device.
+                var committed = writer.Waiting(block);
+                if (committed == null)
+                {
+                    committed = new byte[running.Length];
+                    _cache.Inner.Read((long)block * running.Length, committed);
+                }
+                if (notNeededForData(committed, running))
+                {
+                    _cache.Inner.Flush();
+                    return;
+                }
+            }
+            Commit();
         }
     }
 
