@@ -16,9 +16,10 @@ internal sealed class WriteState : IDisposable
         Allocator = allocator;
         _journal = journal;
         // A failed background commit is not lost: the transaction stays running and the next
-        // fsync or close reports the error.
+        // fsync or close reports the error. Nothing may escape a timer thread: it would end the
+        // host process, which for a library is worse than a deferred error.
         if (commitInterval > TimeSpan.Zero)
-            _commitTimer = new Timer(_ => { try { transactions.Commit(); } catch (Ext4Exception) { } }, null, commitInterval, commitInterval);
+            _commitTimer = new Timer(_ => { try { transactions.Commit(); } catch (Exception) { } }, null, commitInterval, commitInterval);
     }
 
     public TransactionManager Transactions { get; }
@@ -27,7 +28,13 @@ internal sealed class WriteState : IDisposable
     /// <summary>Commits what is pending and, with a journal, marks it empty and clears needs_recovery.</summary>
     public void Dispose()
     {
-        _commitTimer?.Dispose();
+        // Wait for a commit already running on the timer: it must not touch the journal or the
+        // device after Close below.
+        if (_commitTimer != null)
+        {
+            using var stopped = new ManualResetEvent(false);
+            if (_commitTimer.Dispose(stopped)) stopped.WaitOne();
+        }
         Transactions.Commit();
         _journal?.Close();
     }
