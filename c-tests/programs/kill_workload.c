@@ -1,10 +1,15 @@
 /* kill_workload IMAGE PATH: appends position-determined bytes to PATH in the image through
  * libuntorn, fsyncs after each append and then prints the acknowledged file size, forever; the
- * crash test SIGKILLs it at a random moment. Exit 1 on any error. */
+ * crash test SIGKILLs it at a random moment. When the image is full it syncs what it has and waits
+ * for the kill (the appends are fast enough to fill a test image before it comes). Exit 1 on any
+ * other error. */
 #include <untorn.h>
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
+
+#include <errno.h>
 
 /* The byte at file offset `off`: any byte the file shows must equal it. */
 static unsigned char pattern(long long off)
@@ -40,13 +45,26 @@ int main(int argc, char **argv)
 		len = 1 + (seed >> 8) % sizeof(buf);
 		for (size_t i = 0; i < len; i++)
 			buf[i] = pattern(size + (long long)i);
-		if (untorn_pwrite(fs, fd, buf, len, size) != (ssize_t)len)
+		ssize_t n = untorn_pwrite(fs, fd, buf, len, size);
+		if (n == -ENOSPC) {
+			if (untorn_fsync(fs, fd) != 0)
+				return 1;
+			printf("%lld\n", size);
+			for (;;)
+				pause();
+		}
+		if (n <= 0) {
+			fprintf(stderr, "pwrite at %lld: %s\n", size, untorn_strerror((int)n));
 			return 1;
-		size += (long long)len;
+		}
+		size += (long long)n; /* a short write at a full image: the next one says ENOSPC */
 		if ((seed >> 4) % 3 == 0)
 			continue; /* not every append is synced: those may or may not survive */
-		if (untorn_fsync(fs, fd) != 0)
+		ret = untorn_fsync(fs, fd);
+		if (ret != 0) {
+			fprintf(stderr, "fsync: %s\n", untorn_strerror(ret));
 			return 1;
+		}
 		printf("%lld\n", size);
 	}
 }
