@@ -34,9 +34,10 @@ internal sealed class BlockAllocator(Ext4Fs fs, Mballoc mballoc) : IExtentBlockA
     /// <summary>Frees clusters [cluster, +count) (a truncated or unlinked file's data, a freed tree node).</summary>
     public void Free(TransactionManager.Handle h, ulong cluster, ulong count)
     {
-        // Load the group's buddy while the clusters still read as used: a buddy first built from
-        // the freed (uncommitted) bitmap would offer them before the commit.
-        mballoc.EnsureLoaded(cluster);
+        // Load the buddies of every group the run touches while its clusters still read as used: a
+        // buddy first built from the freed (uncommitted) bitmap would offer them before the commit
+        // (and the deferred free would then find them free already). Extents may cross groups.
+        mballoc.EnsureLoaded(cluster, count);
         MarkOnDisk(h, cluster, count, used: false);
         h.AfterCommit(() => mballoc.Free(cluster, count));
     }

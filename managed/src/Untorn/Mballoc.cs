@@ -144,8 +144,12 @@ internal sealed partial class Mballoc
         return total;
     }
 
-    /// <summary>Builds the buddy of the group holding <paramref name="cluster"/> from its current bitmap, if not yet built.</summary>
-    public void EnsureLoaded(ulong cluster) => Buddy(GroupOf(cluster));
+    /// <summary>Builds the buddies of the groups holding clusters [start, +length) from their current bitmaps, if not yet built.</summary>
+    public void EnsureLoaded(ulong start, ulong length)
+    {
+        if (length == 0) return;
+        for (uint g = GroupOf(start), last = GroupOf(start + length - 1); g <= last; g++) Buddy(g);
+    }
 
     /// <summary>How often each criterion satisfied a request (the kernel's mb_stats cr hits).</summary>
     public long CriterionHits(Criterion c) => Interlocked.Read(ref _hits[(int)c]);
