@@ -33,7 +33,9 @@ public sealed partial class Ext4Fs
         if ((flags & OpenFlags.TmpFile) == OpenFlags.TmpFile && (flags & OpenFlags.Path) == 0)
             throw new Ext4Exception(ReadOnly ? Errno.EROFS : Errno.EOPNOTSUPP, "O_TMPFILE is not supported");
         bool pathOnly = (flags & OpenFlags.Path) != 0;
-        bool follow = (flags & OpenFlags.NoFollow) == 0;
+        // O_CREAT|O_EXCL never follows a final symlink: an existing link is EEXIST wherever it points
+        bool follow = (flags & OpenFlags.NoFollow) == 0
+            && (flags & (OpenFlags.Creat | OpenFlags.Excl)) != (OpenFlags.Creat | OpenFlags.Excl);
         Inode inode;
         try
         {
