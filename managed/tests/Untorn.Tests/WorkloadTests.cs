@@ -74,15 +74,24 @@ public partial class WorkloadTests
                 _fs.Unlink(B(defect));
                 _m.Remove(defect);
             }
-            RandomOps("random-1", 1200);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var times = new List<string>();
+            void Timed(Action phase)
+            {
+                phase();
+                times.Add($"{_phase} {clock.ElapsedMilliseconds} ms");
+                clock.Restart();
+            }
+            Timed(() => RandomOps("random-1", 1200));
             Remount();
-            FillBlocks();
-            RandomOps("random-2", 400);
-            FillInodes();
-            RandomOps("random-3", 1000);
+            Timed(FillBlocks);
+            Timed(() => RandomOps("random-2", 400));
+            Timed(FillInodes);
+            Timed(() => RandomOps("random-3", 1000));
             _phase = "final";
             Dispose();
-            _m.AssertImageMatches(image, Label, _rng);
+            Timed(() => _m.AssertImageMatches(image, Label, _rng));
+            Oracles.Note($"{config} seed {seed}: {_step} steps; {string.Join(", ", times)}");
         }
 
         // Close (committing everything), check with e2fsck, open again.
