@@ -11,17 +11,9 @@ public partial class FileSpaceTests
 {
     private static byte[] B(string s) => Encoding.UTF8.GetBytes(s);
 
-    [GeneratedRegex(@"^\s*(\d+)/\s*(\d+)\s+\d+/\s*\d+\s+(\d+)\s*-\s*(\d+)\s+(\d+)\s*-\s*(\d+)\s+(\d+)\s*(Uninit)?\s*$", RegexOptions.Multiline)]
-    private static partial Regex ExtentLine();
-
     /// <summary>Leaf extents as debugfs sees them: (logical block, physical block, length, unwritten).</summary>
-    private static List<(ulong L, ulong P, ulong N, bool U)> DebugfsExtents(string image, string path)
-    {
-        var (rc, output) = Tools.Run(Tools.RequireTool("debugfs"), ["-R", $"ex {path}", image]);
-        Assert.True(rc == 0, output);
-        return ExtentLine().Matches(output).Where(m => m.Groups[1].Value == m.Groups[2].Value)
-            .Select(m => (ulong.Parse(m.Groups[3].Value), ulong.Parse(m.Groups[5].Value), ulong.Parse(m.Groups[7].Value), m.Groups[8].Success)).ToList();
-    }
+    private static List<(ulong L, ulong P, ulong N, bool U)> DebugfsExtents(string image, string path) =>
+        Oracles.DebugfsExtents(image, path).Select(e => (e.Logical, e.Physical, e.Length, e.Unwritten)).ToList();
 
     private static byte[] Dump(string image, string path)
     {
@@ -34,11 +26,7 @@ public partial class FileSpaceTests
         finally { File.Delete(tmp); }
     }
 
-    private static void AssertFsck(string image, string label)
-    {
-        var (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fn", image]);
-        Assert.True(rc == 0, $"{label}: {output}");
-    }
+    private static void AssertFsck(string image, string label) => Oracles.AssertFsckClean(image, label);
 
     [Theory]
     [InlineData("ext4-1k", 16384, 16)]   // groups start at block 1: alignment must be absolute

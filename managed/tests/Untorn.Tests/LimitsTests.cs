@@ -4,8 +4,8 @@ namespace Untorn.Tests;
 
 /// <summary>
 /// Regression tests for what the workload found at the edges: the largest file size, running out
-/// of space (short writes, blocks freed but not yet committed), O_CREAT|O_EXCL on a symlink and
-/// transactions larger than the journal. The expected values are the kernel's (Linux 6.x on a
+/// of space (short writes, blocks freed but not yet committed), O_CREAT on symlinks (with O_EXCL
+/// and through a dangling one) and transactions larger than the journal. The expected values are the kernel's (Linux 6.x on a
 /// loop-mounted ext4), checked by e2fsck and debugfs after each run.
 /// </summary>
 public class LimitsTests
@@ -72,6 +72,34 @@ public class LimitsTests
                 ExpectErrno(Errno.ENOENT, () => fs.Statx(AtFlags.Root, B("/does-not-exist"), 0, StatxMask.BasicStats));
             }
             Oracles.AssertFsckClean(image, "ext4-4k");
+        }
+        finally { File.Delete(image); }
+    }
+
+    [Fact]
+    public void OpenCreat_ThroughADanglingSymlink_CreatesWhatItNames()
+    {
+        TestImages.Require();
+        var image = TestImages.CopyOf("ext4-4k");
+        try
+        {
+            using (var fs = Ext4Fs.Open(image))
+            {
+                fs.Mkdir(B("/d"), 0x1ED);
+                fs.Symlink(B("nothere"), B("/d/dl"));
+                fs.Symlink(B("d/dl"), B("/chain"));
+                // Linux 6.x: open("chain", O_CREAT) creates d/nothere; "link-dangling" names does-not-exist
+                int fd = fs.Open(B("/chain"), OpenFlags.RdWr | OpenFlags.Creat, 0x1A4);
+                Assert.Equal(3, fs.Pwrite(fd, "abc"u8, 0));
+                fs.Close(fd);
+                fs.Close(fs.Open(B("/link-dangling"), OpenFlags.WrOnly | OpenFlags.Creat, 0x1A4));
+                ExpectErrno(Errno.ELOOP, () => fs.Open(B("/loop-a"), OpenFlags.RdWr | OpenFlags.Creat, 0x1A4));
+                ExpectErrno(Errno.ELOOP, () => fs.Open(B("/chain"), OpenFlags.RdWr | OpenFlags.Creat | OpenFlags.NoFollow, 0x1A4));
+            }
+            Oracles.AssertFsckClean(image, "ext4-4k");
+            var got = Oracles.DebugfsDumpAll(image, ["/d/nothere", "/does-not-exist"]);
+            Assert.Equal("abc"u8.ToArray(), got["/d/nothere"].Data ?? []);
+            Assert.Equal([], got["/does-not-exist"].Data ?? [1]);
         }
         finally { File.Delete(image); }
     }
