@@ -38,7 +38,8 @@ public static partial class Oracles
     /// </summary>
     public static Dictionary<string, (byte[]? Data, List<DebugfsExtent> Extents)> DebugfsDumpAll(string image, IReadOnlyList<string> paths)
     {
-        var dir = Path.Combine(Path.GetTempPath(), $"untorn-dumps-{Guid.NewGuid():N}");
+        // thousands of small files: tmpfs when there is one (creating them on disk costs seconds)
+        var dir = Path.Combine(Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath(), $"untorn-dumps-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         try
         {
