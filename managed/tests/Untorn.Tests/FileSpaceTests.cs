@@ -152,18 +152,9 @@ public partial class FileSpaceTests
             }
             AssertFsck(image, $"{config} seed {seed}");
             Assert.True(Dump(image, "/space").AsSpan().SequenceEqual(model.ToArray()), "debugfs reads differently");
-            if (Environment.UserName == "root")
-            {
-                var mnt = image + ".mnt";
-                Directory.CreateDirectory(mnt);
-                try
-                {
-                    if (Tools.Run("mount", ["-o", "loop,ro", image, mnt]).ExitCode == 0)
-                        try { Assert.True(File.ReadAllBytes(mnt + "/space").AsSpan().SequenceEqual(model.ToArray()), "the kernel reads differently"); }
-                        finally { Tools.Run("umount", [mnt]); }
-                }
-                finally { Directory.Delete(mnt); }
-            }
+            using var m = Oracles.LoopMount.TryMount(image, readOnly: true, out var reason);
+            if (m != null) Assert.True(File.ReadAllBytes(m.Dir + "/space").AsSpan().SequenceEqual(model.ToArray()), "the kernel reads differently");
+            else Oracles.Note($"{config}: the kernel's reads not checked ({reason})");
         }
         finally { File.Delete(image); }
     }

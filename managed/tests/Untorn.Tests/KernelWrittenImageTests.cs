@@ -37,7 +37,7 @@ public class KernelWrittenImageTests
 
         public void Unmount()
         {
-            var (rc, output) = Tools.Run("umount", [Dir]);
+            var (rc, output) = Oracles.Umount(Dir);
             Assert.True(rc == 0, output);
         }
 
@@ -49,7 +49,7 @@ public class KernelWrittenImageTests
 
         public void Dispose()
         {
-            Tools.Run("umount", [Dir]);
+            Oracles.Umount(Dir);
             Cleanup();
         }
     }

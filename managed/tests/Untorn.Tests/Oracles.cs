@@ -67,6 +67,20 @@ public static partial class Oracles
     }
 
     /// <summary>
+    /// umount, tried again for a few seconds while the kernel says the mount is busy (seen under
+    /// parallel test load, where a moment later it succeeds).
+    /// </summary>
+    public static (int ExitCode, string Output) Umount(string dir)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            var (rc, output) = Tools.Run("umount", [dir]);
+            if (rc == 0 || attempt == 15 || !output.Contains("busy", StringComparison.OrdinalIgnoreCase)) return (rc, output);
+            Thread.Sleep(200);
+        }
+    }
+
+    /// <summary>
     /// A loop mount of an image (root only). <see cref="TryMount"/> returns null with the reason
     /// when this machine cannot mount it; disposing unmounts and removes the mount point.
     /// </summary>
@@ -102,14 +116,14 @@ public static partial class Oracles
         public void Unmount()
         {
             if (!_mounted) return;
-            var (rc, output) = Tools.Run("umount", [Dir]);
+            var (rc, output) = Umount(Dir);
             Assert.True(rc == 0, output);
             _mounted = false;
         }
 
         public void Dispose()
         {
-            if (_mounted) Tools.Run("umount", [Dir]);
+            if (_mounted) Umount(Dir);
             _mounted = false;
             try { Directory.Delete(Dir); } catch (IOException) { }
         }
