@@ -129,6 +129,22 @@ public class KernelWrittenImageTests
         using (var fs = Ext4Fs.Open(m.Image))
             UntornModifies(fs, model, rng);
         model.AssertImageMatches(m.Image, $"kernel-written, changed by untorn ({mkfsArgs}, seed {seed})", rng);
+
+        // and back: the kernel changes what untorn wrote, e2fsck stays clean, untorn reads it
+        using (var rw = Oracles.LoopMount.TryMount(m.Image, readOnly: false, out var reason))
+        {
+            Assert.True(rw != null, reason);
+            var more = Bytes(rng, 5000);
+            using (var f = new FileStream(rw.Dir + "/moved/new/aligned", FileMode.Append)) f.Write(more);
+            model.Files["/moved/new/aligned"].Write(model.Files["/moved/new/aligned"].Length, more);
+            File.Delete(rw.Dir + "/many/u1-z");
+            model.Remove("/many/u1-z");
+            rw.Unmount();
+        }
+        Oracles.AssertFsckClean(m.Image, "changed by the kernel again");
+        using var ro = Ext4Fs.Open(m.Image, new OpenOptions { ReadOnly = true });
+        model.AssertEngineReads(ro, "/moved/new/aligned", "after the kernel appended");
+        Assert.Equal(Errno.ENOENT, Assert.Throws<Ext4Exception>(() => ro.Open(B("/many/u1-z"), OpenFlags.RdOnly, 0)).Errno);
     }
 
     private static byte[] Bytes(Random rng, int n)
