@@ -171,6 +171,12 @@ public partial class WorkloadTests
                 Expect(Errno.ENOSPC, () => _fs.Fallocate(fd, FallocFlags.KeepSize, end, 3 * Bs));
                 Expect(Errno.ENOSPC, () => _fs.AllocAligned(fd, (end + 65535) / 65536 * 65536, 65536, 65536, 0));
                 Assert.Equal(before, _fs.Fiemap(fd, 0, 1L << 42));
+                // from inside the last block on into the hole after it: the bytes up to the end of
+                // that block fit, so that much is written and reported
+                long from = Math.Max(0, f.Length - 1000);
+                var d = RandomBytes(5000 + Bs);
+                Assert.Equal(end - from, _fs.Pwrite(fd, d, from));
+                f.Write(from, d.AsSpan(0, (int)(end - from)));
                 return 0;
             });
             _m.AssertEngineReads(_fs, cur, Label);
