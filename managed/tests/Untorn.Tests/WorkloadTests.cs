@@ -218,7 +218,17 @@ public partial class WorkloadTests
             };
             var d = RandomBytes(RandomSize());
             if (off + d.Length > MaxOffset) return;
-            Assert.Equal(d.Length, WithFd(p, fd => _fs.Pwrite(fd, d, off)));
+            int how = _rng.Next(10);
+            if (how < 7) Assert.Equal(d.Length, WithFd(p, fd => _fs.Pwrite(fd, d, off)));
+            else
+            {
+                // pwritev2 with up to three segments; sometimes RWF_DSYNC, sometimes RWF_APPEND (at EOF whatever the offset)
+                int cut1 = _rng.Next(d.Length + 1), cut2 = _rng.Next(cut1, d.Length + 1);
+                IoSegment[] iov = [new(0, d.AsMemory(0, cut1)), new(0, d.AsMemory(cut1, cut2 - cut1)), new(0, d.AsMemory(cut2))];
+                int flags = how == 7 ? RwfFlags.DSync : how == 8 ? RwfFlags.Append : 0;
+                if (how == 8) off = f.Length;
+                Assert.Equal(d.Length, WithFd(p, fd => _fs.Pwritev2(fd, iov, off, flags)));
+            }
             f.Write(off, d);
         }
 
