@@ -13,6 +13,9 @@ internal sealed class ClusterMap(Ext4Fs fs, TransactionManager.Handle h, InodeBu
     private readonly ulong _ratio = (ulong)(fs.Super.ClusterSize / fs.Super.BlockSize);
     private ulong ClusterSectors => (ulong)fs.Super.ClusterSize / 512;
 
+    /// <summary>A MapHole failed for want of data clusters, before it changed anything.</summary>
+    public bool DataSpaceRanOut { get; private set; }
+
     /// <summary>
     /// Maps the start of the hole [lblk, lblk + count) and returns the extent inserted (possibly
     /// shorter): into the physical cluster the logical cluster already has, or into new clusters
@@ -26,7 +29,9 @@ internal sealed class ClusterMap(Ext4Fs fs, TransactionManager.Handle h, InodeBu
         ulong lcEnd = (end + _ratio - 1) / _ratio;
         // The hole may end inside a cluster whose later blocks are mapped: that cluster is owned already.
         if (_ratio > 1 && end % _ratio != 0 && lcEnd - 1 > lc && PhysicalCluster(lcEnd - 1) != null) lcEnd--;
-        var (pc, got) = alloc.AllocateData(h, inode.Number, lc, lcEnd - lc, 1, goalBlock / _ratio);
+        ulong pc, got;
+        try { (pc, got) = alloc.AllocateData(h, inode.Number, lc, lcEnd - lc, 1, goalBlock / _ratio); }
+        catch (Ext4Exception e) when (e.Errno == Errno.ENOSPC) { DataSpaceRanOut = true; throw; }
         inode.Sectors += got * ClusterSectors;
         return Insert(lblk, Math.Min(end, (lc + got) * _ratio) - lblk, pc * _ratio + lblk % _ratio, unwritten);
     }

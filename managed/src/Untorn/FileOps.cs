@@ -25,7 +25,9 @@ public sealed partial class Ext4Fs
     private const int UioMaxIov = 1024;
     private const long MaxRwCount = int.MaxValue & ~4095L; // MAX_RW_COUNT: one call moves at most this
 
-    public int Open(ReadOnlySpan<byte> path, int flags, uint mode)
+    public int Open(ReadOnlySpan<byte> path, int flags, uint mode) => Open(path, flags, mode, 0);
+
+    private int Open(ReadOnlySpan<byte> path, int flags, uint mode, int links)
     {
         _ = mode; // only meaningful with O_CREAT, which the write engine adds
         int acc = flags & OpenFlags.AccMode;
@@ -33,7 +35,9 @@ public sealed partial class Ext4Fs
         if ((flags & OpenFlags.TmpFile) == OpenFlags.TmpFile && (flags & OpenFlags.Path) == 0)
             throw new Ext4Exception(ReadOnly ? Errno.EROFS : Errno.EOPNOTSUPP, "O_TMPFILE is not supported");
         bool pathOnly = (flags & OpenFlags.Path) != 0;
-        bool follow = (flags & OpenFlags.NoFollow) == 0;
+        // O_CREAT|O_EXCL never follows a final symlink: an existing link is EEXIST wherever it points
+        bool follow = (flags & OpenFlags.NoFollow) == 0
+            && (flags & (OpenFlags.Creat | OpenFlags.Excl)) != (OpenFlags.Creat | OpenFlags.Excl);
         Inode inode;
         try
         {
@@ -43,6 +47,12 @@ public sealed partial class Ext4Fs
         {
             if (ReadOnly) throw new Ext4Exception(Errno.EROFS, "read-only image");
             if (path.Length > 0 && path[^1] == (byte)'/') throw new Ext4Exception(Errno.EISDIR, "O_CREAT of a name ending in /");
+            if (follow && DanglingLinkTarget(path) is { } target)
+            {
+                // the kernel follows a final symlink that points nowhere and creates what it names
+                if (++links > Namei.MaxSymlinks) throw new Ext4Exception(Errno.ELOOP, "too many levels of symbolic links");
+                return Open(target, flags, mode, links);
+            }
             inode = ReadInode(Create(path, mode, exclusive: (flags & OpenFlags.Excl) != 0));
             return Files.Add(new OpenFile(inode, flags));
         }
@@ -69,6 +79,19 @@ public sealed partial class Ext4Fs
         else if ((flags & OpenFlags.Directory) != 0 && !inode.IsDir)
             throw new Ext4Exception(Errno.ENOTDIR, "not a directory");
         return Files.Add(new OpenFile(inode, flags));
+    }
+
+    // The path of what a final symlink names (relative to the link's directory), or null when the
+    // path does not end in a symlink.
+    private byte[]? DanglingLinkTarget(ReadOnlySpan<byte> path)
+    {
+        Inode link;
+        try { link = Namei.Resolve(this, ReadInode(RootIno), path, followLast: false); }
+        catch (Ext4Exception) { return null; }
+        if (!link.IsSymlink) return null;
+        var target = ReadLinkTarget(link);
+        if (target.Length > 0 && target[0] == (byte)'/') return target;
+        return [.. SplitLast(path).Parent, (byte)'/', .. target];
     }
 
     public void Close(int fd)

@@ -46,7 +46,10 @@ public sealed partial class Ext4Fs
     }
 
     /// <summary>fallocate(2): mode 0 or KEEP_SIZE reserve unwritten blocks; PUNCH_HOLE|KEEP_SIZE frees; ZERO_RANGE zeroes.</summary>
-    public void Fallocate(int fd, int mode, long offset, long length)
+    public void Fallocate(int fd, int mode, long offset, long length) =>
+        RetryAfterCommit(() => { FallocateOnce(fd, mode, offset, length); return 0; });
+
+    private void FallocateOnce(int fd, int mode, long offset, long length)
     {
         var f = WritableFile(fd);
         if (offset < 0 || length <= 0) throw new Ext4Exception(Errno.EINVAL, "bad offset or length");
@@ -86,7 +89,10 @@ public sealed partial class Ext4Fs
     /// change nothing, as does any unit that cannot be placed (ENOSPC). flags: KEEP_SIZE or 0
     /// (extend the size like fallocate mode 0).
     /// </summary>
-    public void AllocAligned(int fd, long offset, long length, uint alignBytes, uint flags)
+    public void AllocAligned(int fd, long offset, long length, uint alignBytes, uint flags) =>
+        RetryAfterCommit(() => { AllocAlignedOnce(fd, offset, length, alignBytes, flags); return 0; });
+
+    private void AllocAlignedOnce(int fd, long offset, long length, uint alignBytes, uint flags)
     {
         var f = WritableFile(fd);
         int bs = Super.BlockSize;

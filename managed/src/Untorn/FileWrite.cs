@@ -123,8 +123,10 @@ public sealed partial class Ext4Fs
             long pos = append ? (long)inode.Size : usePosition ? f.Position : offset;
             foreach (var s in iov)
                 CheckDirect(f, pos, s.Buffer.Length, s.Address);
-            if (pos + total > (long)MaxFileSize) throw new Ext4Exception(Errno.EFBIG, "write past the largest file size");
-            total = Math.Min(total, MaxRwCount);
+            // generic_write_check_limits: starting at or past the limit is EFBIG; a write that
+            // crosses it is shortened to end there.
+            if (pos >= (long)MaxFileSize) throw new Ext4Exception(Errno.EFBIG, "write past the largest file size");
+            total = Math.Min(Math.Min(total, MaxRwCount), (long)MaxFileSize - pos);
             var data = new byte[total];
             long at = 0;
             foreach (var s in iov)
@@ -134,7 +136,13 @@ public sealed partial class Ext4Fs
                 at += n;
                 if (at >= total) break;
             }
-            WriteData(ws, inode.Number, data, pos);
+            total = RetryAfterCommit(() => WriteData(ws, inode.Number, data, pos));
+            if (total < data.Length) // short at ENOSPC: blocks freed since the last commit may help
+            {
+                ws.Transactions.Commit();
+                try { total += WriteData(ws, inode.Number, data[(int)total..], pos + total); }
+                catch (Ext4Exception e) when (e.Errno == Errno.ENOSPC) { }
+            }
             if (usePosition || append) f.Position = pos + total;
             if ((flags & (RwfFlags.DSync | RwfFlags.Sync)) != 0 || (f.Flags & OpenFlags.DSync) != 0) ws.Transactions.Commit();
             return total;
@@ -151,9 +159,25 @@ public sealed partial class Ext4Fs
     /// <summary>sync(2): commits the running transaction (a no-op when nothing was written).</summary>
     public void Sync() => _write?.Transactions.Commit();
 
-    private ulong MaxFileSize => (1UL << 32) * (ulong)Super.BlockSize - 1;
+    // ext4_max_size (s_maxbytes): one block short of 2^32 blocks, so an extent's 32-bit start
+    // and its length still cover the last block.
+    private ulong MaxFileSize => ((1UL << 32) - 1) * (ulong)Super.BlockSize;
 
-    private void WriteData(WriteState ws, uint ino, byte[] data, long offset)
+    // ext4_should_retry_alloc: blocks the running transaction freed become allocatable only once it
+    // commits, so an ENOSPC while changes are pending commits them and tries once more.
+    internal T RetryAfterCommit<T>(Func<T> op)
+    {
+        try { return op(); }
+        catch (Ext4Exception e) when (e.Errno == Errno.ENOSPC && _write is { } ws && ws.Transactions.RunningBlocks > 0)
+        {
+            ws.Transactions.Commit();
+            return op();
+        }
+    }
+
+    // Bytes written: fewer than asked when the space ran out part way (generic_perform_write's
+    // short write); ENOSPC when not one byte fit.
+    private long WriteData(WriteState ws, uint ino, byte[] data, long offset)
     {
         int bs = Super.BlockSize;
         using var h = ws.Transactions.Start();
@@ -171,7 +195,11 @@ public sealed partial class Ext4Fs
             uint blocks = (uint)((inBlock + runBytes + bs - 1) / bs);
             if (run.IsHole)
             {
-                var mapped = clusters.MapHole(lblk, blocks, unwritten: false, GoalFor(tree, lblk));
+                Extent mapped;
+                // Out of data clusters after some bytes went in: a short write. ENOSPC from the
+                // extent tree's own blocks instead aborts the whole call (the handle undoes it).
+                try { mapped = clusters.MapHole(lblk, blocks, unwritten: false, GoalFor(tree, lblk)); }
+                catch (Ext4Exception e) when (e.Errno == Errno.ENOSPC && pos > offset && clusters.DataSpaceRanOut) { break; }
                 blocks = mapped.Length;
                 runBytes = Math.Min(runBytes, (long)blocks * bs - inBlock);
                 physical = mapped.Physical;
@@ -194,12 +222,13 @@ public sealed partial class Ext4Fs
             if (run.Unwritten) tree.MarkWritten(lblk, blocks);
             pos += runBytes;
         }
-        if ((ulong)end > inode.Size) inode.Size = (ulong)end;
+        if ((ulong)pos > inode.Size) inode.Size = (ulong)pos;
         var now = DateTimeOffset.UtcNow;
         inode.SetTime(0x10, 0x88, now); // mtime
         inode.SetTime(0x0C, 0x84, now); // ctime
         inode.Save(h, this);
         h.Complete();
+        return pos - offset;
     }
 
     // Goal: right after the physical block mapping the logical block before (the file grows in place).

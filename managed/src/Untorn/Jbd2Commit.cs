@@ -37,6 +37,10 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
 
     public bool IsCrashSafe => true;
 
+    // jbd2_journal_get_max_txn_bufs: a quarter of the journal, so one more handle still fits the
+    // half that Commit accepts
+    public int MaxTransactionBlocks => (int)((_journal.Super.MaxLen - _journal.Super.First) / 4);
+
     // `device` is the backing device itself, not the buffer cache: the writer puts bytes exactly where they go.
     public Jbd2CommitWriter(IBlockDevice device, Jbd2Journal journal, Superblock fs)
     {

@@ -5,11 +5,18 @@ namespace Untorn;
 public sealed partial class Ext4Fs
 {
     /// <summary>Creates a regular file (O_CREAT); returns its inode number, or the existing one unless exclusive.</summary>
-    public uint Create(ReadOnlySpan<byte> path, uint mode, bool exclusive) =>
-        MakeNode(path, (ushort)(InodeMode.Regular | (mode & 0xFFF)), exclusive);
+    public uint Create(ReadOnlySpan<byte> path, uint mode, bool exclusive)
+    {
+        var p = path.ToArray();
+        return RetryAfterCommit(() => MakeNode(p, (ushort)(InodeMode.Regular | (mode & 0xFFF)), exclusive));
+    }
 
     /// <summary>mkdir(2).</summary>
-    public void Mkdir(ReadOnlySpan<byte> path, uint mode) => MakeNode(path, (ushort)(InodeMode.Dir | (mode & 0xFFF)), exclusive: true);
+    public void Mkdir(ReadOnlySpan<byte> path, uint mode)
+    {
+        var p = path.ToArray();
+        RetryAfterCommit(() => MakeNode(p, (ushort)(InodeMode.Dir | (mode & 0xFFF)), exclusive: true));
+    }
 
     /// <summary>unlink(2): the file's space is freed now, or at the last close when it is still open (an orphan until then, see Orphan.cs).</summary>
     public void Unlink(ReadOnlySpan<byte> path) => RemoveNode(path, dir: false);
@@ -93,6 +100,12 @@ public sealed partial class Ext4Fs
     /// <summary>link(2): a second name for a file (not a directory).</summary>
     public void Link(ReadOnlySpan<byte> oldPath, ReadOnlySpan<byte> newPath)
     {
+        var (o, n) = (oldPath.ToArray(), newPath.ToArray());
+        RetryAfterCommit(() => { LinkOnce(o, n); return 0; });
+    }
+
+    private void LinkOnce(ReadOnlySpan<byte> oldPath, ReadOnlySpan<byte> newPath)
+    {
         var (parentPath, name) = SplitLast(newPath);
         var oldBytes = oldPath.ToArray();
         var ws = Writer;
@@ -117,6 +130,12 @@ public sealed partial class Ext4Fs
 
     /// <summary>symlink(2): targets under 60 bytes live in the inode (fast), longer ones in a data block.</summary>
     public void Symlink(ReadOnlySpan<byte> target, ReadOnlySpan<byte> linkPath)
+    {
+        var (t, l) = (target.ToArray(), linkPath.ToArray());
+        RetryAfterCommit(() => { SymlinkOnce(t, l); return 0; });
+    }
+
+    private void SymlinkOnce(ReadOnlySpan<byte> target, ReadOnlySpan<byte> linkPath)
     {
         if (target.Length == 0) throw new Ext4Exception(Errno.ENOENT, "empty symlink target");
         if (target.Length >= Super.BlockSize) throw new Ext4Exception(Errno.ENAMETOOLONG, "symlink target longer than a block");
@@ -153,6 +172,12 @@ public sealed partial class Ext4Fs
 
     /// <summary>rename(2), replacing an existing target the way the kernel does (a file by a file, an empty directory by a directory).</summary>
     public void Rename(ReadOnlySpan<byte> oldPath, ReadOnlySpan<byte> newPath)
+    {
+        var (o, n) = (oldPath.ToArray(), newPath.ToArray());
+        RetryAfterCommit(() => { RenameOnce(o, n); return 0; });
+    }
+
+    private void RenameOnce(ReadOnlySpan<byte> oldPath, ReadOnlySpan<byte> newPath)
     {
         var (oldParentPath, oldName) = SplitLast(oldPath);
         var (newParentPath, newName) = SplitLast(newPath);

@@ -18,6 +18,9 @@ internal interface ICommitWriter
 
     /// <summary>False for a filesystem without a journal: a crash may leave a metadata operation half done.</summary>
     bool IsCrashSafe { get; }
+
+    /// <summary>A running transaction this large commits before another handle joins it.</summary>
+    int MaxTransactionBlocks => int.MaxValue;
 }
 
 /// <summary>
@@ -67,6 +70,13 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
     public Handle Start()
     {
         _lock.Enter();
+        // jbd2's start_this_handle: a transaction near the journal's size commits first (else a
+        // burst of operations between timer commits would outgrow the journal)
+        if (_running.Count >= writer.MaxTransactionBlocks)
+        {
+            try { Commit(); }
+            catch { _lock.Exit(); throw; }
+        }
         return new Handle(this);
     }
 

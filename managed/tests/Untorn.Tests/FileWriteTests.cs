@@ -76,21 +76,14 @@ public class FileWriteTests
 
     private static void KernelReadsModel(string image, Dictionary<string, List<byte>> model, string config)
     {
-        if (Environment.UserName != "root") return; // debugfs above is the oracle without root
-        var dir = image + ".mnt";
-        Directory.CreateDirectory(dir);
-        try
+        using var mount = Oracles.LoopMount.TryMount(image, readOnly: true, out var reason);
+        if (mount == null)
         {
-            var (rc, _) = Tools.Run("mount", ["-o", "loop,ro", image, dir]);
-            if (rc != 0) return;
-            try
-            {
-                foreach (var (f, m) in model)
-                    Assert.True(File.ReadAllBytes(dir + f).AsSpan().SequenceEqual(m.ToArray()), $"{config}: the kernel reads {f} differently");
-            }
-            finally { Tools.Umount(dir); }
+            Oracles.Note($"{config}: the kernel's reads not checked ({reason}); debugfs above is the oracle");
+            return;
         }
-        finally { Directory.Delete(dir); }
+        foreach (var (f, m) in model)
+            Assert.True(File.ReadAllBytes(mount.Dir + f).AsSpan().SequenceEqual(m.ToArray()), $"{config}: the kernel reads {f} differently");
     }
 
     [Theory]

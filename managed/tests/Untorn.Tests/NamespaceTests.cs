@@ -162,24 +162,19 @@ public class NamespaceTests
 
     private static void KernelSeesModel(string image, Dictionary<string, byte[]> files, List<string> dirs, List<string> removed, string config, Dictionary<string, string> symlinks)
     {
-        if (Environment.UserName != "root") return;
-        var mnt = image + ".mnt";
-        Directory.CreateDirectory(mnt);
-        try
+        using var m = Oracles.LoopMount.TryMount(image, readOnly: true, out var reason);
+        if (m == null)
         {
-            if (Tools.Run("mount", ["-o", "loop,ro", image, mnt]).ExitCode != 0) return;
-            try
-            {
-                foreach (var (path, content) in files)
-                    Assert.True(File.ReadAllBytes(mnt + path).AsSpan().SequenceEqual(content), $"{config}: the kernel reads {path} differently");
-                foreach (var d in dirs) Assert.True(Directory.Exists(mnt + d), $"{config}: the kernel does not see {d}");
-                foreach (var r in removed) Assert.False(Path.Exists(mnt + r), $"{config}: the kernel still sees {r}");
-                foreach (var (p, t) in symlinks) Assert.Equal(t, new FileInfo(mnt + p).LinkTarget);
-                // a full listing of the htree directory through the kernel's own index lookup
-                Assert.Equal(Directory.GetFileSystemEntries(mnt + "/bigdir").Length, Directory.GetFileSystemEntries(mnt + "/bigdir").Distinct().Count());
-            }
-            finally { Tools.Umount(mnt); }
+            Oracles.Note($"{config}: the kernel's view not checked ({reason})");
+            return;
         }
-        finally { Directory.Delete(mnt); }
+        var mnt = m.Dir;
+        foreach (var (path, content) in files)
+            Assert.True(File.ReadAllBytes(mnt + path).AsSpan().SequenceEqual(content), $"{config}: the kernel reads {path} differently");
+        foreach (var d in dirs) Assert.True(Directory.Exists(mnt + d), $"{config}: the kernel does not see {d}");
+        foreach (var r in removed) Assert.False(Path.Exists(mnt + r), $"{config}: the kernel still sees {r}");
+        foreach (var (p, t) in symlinks) Assert.Equal(t, new FileInfo(mnt + p).LinkTarget);
+        // a full listing of the htree directory through the kernel's own index lookup
+        Assert.Equal(Directory.GetFileSystemEntries(mnt + "/bigdir").Length, Directory.GetFileSystemEntries(mnt + "/bigdir").Distinct().Count());
     }
 }

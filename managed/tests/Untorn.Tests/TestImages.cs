@@ -95,16 +95,11 @@ public static class Tools
         return (p.ExitCode, stdout.Result + stderr.Result);
     }
 
-    /// <summary>umount, retried while the mount is briefly busy (udev and blkid probe fresh loop devices); throws if it stays mounted.</summary>
+    /// <summary>umount (retried while busy, see <see cref="Oracles.Umount"/>); throws if it stays mounted.</summary>
     public static void Umount(string dir)
     {
-        for (int attempt = 0; ; attempt++)
-        {
-            var (rc, output) = Run("umount", [dir]);
-            if (rc == 0) return;
-            if (attempt == 20) throw new InvalidOperationException($"umount {dir} failed: {output.Trim()}");
-            Thread.Sleep(250);
-        }
+        var (rc, output) = Oracles.Umount(dir);
+        if (rc != 0) throw new InvalidOperationException($"umount {dir} failed: {output.Trim()}");
     }
 
     public static string? Which(string tool)
