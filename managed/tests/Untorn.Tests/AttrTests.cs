@@ -331,7 +331,7 @@ public partial class AttrTests
                     Assert.True(r == 0, $"kernel call on {c.Path} failed: errno {Marshal.GetLastPInvokeError()}");
                 }
             }
-            finally { Assert.Equal(0, Tools.Run("umount", [mnt]).ExitCode); }
+            finally { Assert.Equal(0, Oracles.Umount(mnt).ExitCode); }
             foreach (var path in calls.Select(c => c.Path).Distinct())
             {
                 DebugfsInode a = Debugfs(ours, path), k = Debugfs(theirs, path);
@@ -372,7 +372,7 @@ public partial class AttrTests
                 var e = Debugfs(image, "/empty");
                 Assert.Equal($"{Convert.ToString(e.Mode, 8)} {e.Uid} {e.Gid}", owner.Trim());
             }
-            finally { Tools.Run("umount", [mnt]); }
+            finally { Oracles.Umount(mnt); }
         }
         finally { Directory.Delete(mnt); }
     }

@@ -44,7 +44,7 @@ public class BlockDeviceTests
                 Assert.True(System.Numerics.BitOperations.IsPow2(dev.AtomicWrite.UnitMax));
                 Assert.True(dev.AtomicWrite.SegmentsMax >= 1);
             }
-            finally { Tools.Run("umount", [dir]); }
+            finally { Oracles.Umount(dir); }
         }
         finally
         {

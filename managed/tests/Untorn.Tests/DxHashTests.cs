@@ -217,7 +217,7 @@ public partial class DxHashTests
                 (rc, output) = Tools.Run(perl!, ["-e", ReaddirPositionsPerl, Path.Combine(mnt, "d"), listFile]);
                 Assert.True(rc == 0, output);
             }
-            finally { Tools.Run("umount", [mnt]); }
+            finally { Oracles.Umount(mnt); }
 
             int compared = 0;
             foreach (var line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries))

@@ -178,7 +178,7 @@ public class FsInfoTests
             if (rc != 0) Assert.Skip("mount -o loop does not work here: " + output.Trim());
             string statfs;
             try { statfs = Tools.Run("stat", ["-f", "-c", "%S %f %c %d", mnt]).Output.Trim(); }
-            finally { Tools.Run("umount", [mnt]); }
+            finally { Oracles.Umount(mnt); }
             // f_bsize, f_bfree, f_files, f_ffree
             Assert.Equal($"{info.BlockSize} {info.FreeBlocks} {info.InodesCount} {info.FreeInodes}", statfs);
         }

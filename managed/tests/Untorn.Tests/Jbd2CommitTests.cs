@@ -139,12 +139,12 @@ public partial class Jbd2CommitTests
             // Probe on the untouched copy: only a machine that cannot loop-mount at all skips.
             var (rc, output) = Tools.Run("mount", ["-o", "loop,ro", crashed, dir]);
             if (rc != 0) Assert.Skip("mount -o loop does not work here: " + output);
-            Tools.Run("umount", [dir]);
+            Oracles.Umount(dir);
             RunWorkload(crashed, journal: true, checkpoint: false);
             (rc, output) = Tools.Run("mount", ["-o", "loop", crashed, dir]);
             Assert.True(rc == 0, $"the kernel refused to mount (replay) our journal: {output}\n{Tools.Run("dmesg", []).Output.Split('\n').TakeLast(15).Aggregate("", (a, l) => a + l + "\n")}");
             var mtime = File.GetLastWriteTimeUtc(dir);
-            (rc, output) = Tools.Run("umount", [dir]);
+            (rc, output) = Oracles.Umount(dir);
             Assert.True(rc == 0, output);
             Assert.Equal(new DateTime(2017, 7, 14, 2, 40, 0, DateTimeKind.Utc), mtime);
             (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fn", crashed]);

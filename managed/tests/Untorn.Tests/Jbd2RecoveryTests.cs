@@ -217,7 +217,7 @@ public partial class Jbd2RecoveryTests
                 (rc, output) = Tools.Run(xfsIo, ["-x", "-c", "shutdown -f", dir]);
                 Assert.True(rc == 0, output);
             }
-            finally { Tools.Run("umount", [dir]); }
+            finally { Oracles.Umount(dir); }
             Assert.Contains("needs_recovery", Tools.Run(Tools.RequireTool("dumpe2fs"), ["-h", a]).Output);
             File.Copy(a, b);
             Assert.True(OpenRecovered(a) > 0);

@@ -185,10 +185,10 @@ public class OrphanTests
         var probe = Save(s, "probe.img", File.ReadAllBytes(s.File("base.img")));
         var (rc, output) = Tools.Run("mount", ["-o", "loop,ro", probe, mnt]);
         if (rc != 0) return "mount -o loop does not work here: " + output.Trim();
-        Tools.Run("umount", [mnt]);
+        Oracles.Umount(mnt);
         (rc, output) = Tools.Run("mount", ["-o", "loop", image, mnt]);
         Assert.True(rc == 0, "the kernel refused the crashed image: " + output);
-        (rc, output) = Tools.Run("umount", [mnt]);
+        (rc, output) = Oracles.Umount(mnt);
         Assert.True(rc == 0, output);
         return null;
     }
@@ -535,7 +535,7 @@ public class OrphanTests
             (rc, output) = Tools.Run(xfsIo, ["-x", "-c", "shutdown -f", mnt]);
             Assert.True(rc == 0, output);
         } // the descriptor closes after the shutdown: the kernel cannot free the file any more
-        finally { Tools.Run("umount", [mnt]); }
+        finally { Oracles.Umount(mnt); }
         var header = Header(image);
         var crashed = File.ReadAllBytes(image);
 
