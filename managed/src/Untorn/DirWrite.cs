@@ -5,15 +5,16 @@ namespace Untorn;
 /// <summary>
 /// Adds and removes entries of a block-mapped directory inside a metadata handle (fs/ext4/namei.c).
 /// A changed leaf block is repacked (entries in order, the last one's rec_len reaching the
-/// checksum tail). Linear directories take a new entry in the first block with room, else grow a
-/// block. Indexed (htree) directories hash the name to its leaf; a full leaf is split by hash
-/// (do_split) into a new block whose first hash — with the collision bit when equal hashes straddle
-/// the split — is inserted in the parent index node. A full index node is ENOSPC ("directory index
-/// full"); untorn does not yet split index nodes or add index levels.
+/// checksum tail). Linear directories take a new entry in the first block with room; when the only
+/// block is full and the filesystem has dir_index, the directory becomes an htree
+/// (make_indexed_dir), else it grows a block. Indexed (htree) directories hash the name to its
+/// leaf; a full leaf is split by hash (do_split) into a new block whose first hash — with the
+/// collision bit when equal hashes straddle the split — is inserted in the parent index node; a
+/// full index node splits, and a full root adds an index level.
 /// </summary>
 internal sealed class DirWriter(Ext4Fs fs, TransactionManager.Handle h, InodeBuffer dir, BlockAllocator alloc)
 {
-    private const int TailSize = 12, DxEntrySize = 8, RootInfoOffset = 0x18, NodeEntriesOffset = 8;
+    private const int TailSize = 12, DxEntrySize = 8, RootInfoOffset = 0x18, RootEntriesOffset = 0x20, NodeEntriesOffset = 8;
     private readonly int _bs = fs.Super.BlockSize;
     private int Tail => fs.Super.HasMetadataCsum ? TailSize : 0;
 
@@ -98,12 +99,67 @@ internal sealed class DirWriter(Ext4Fs fs, TransactionManager.Handle h, InodeBuf
         {
             var (phys, block) = ReadDirBlock(lblk);
             var entries = ParseLeaf(block, out bool dotFirst);
-            if (entries.Sum(e => e.Size) + entry.Size > room) continue;
+            if (entries.Sum(e => e.Size) + entry.Size > room)
+            {
+                // ext4_add_entry: only a one-block directory is converted; a longer linear one
+                // (made without dir_index) keeps growing linearly.
+                if (Blocks == 1 && (fs.Super.FeatureCompat & Features.CompatDirIndex) != 0)
+                {
+                    MakeIndexed(phys, entries, entry);
+                    return;
+                }
+                continue;
+            }
             entries.Add(entry);
             WriteLeaf(phys, entries, dotFirst);
             return;
         }
         WriteLeaf(AppendBlock(), [entry], false);
+    }
+
+    // make_indexed_dir: block 0 keeps "." and ".." and becomes the dx_root (hash version
+    // s_def_hash_version, one entry → block 1); its other entries move to block 1, which is then
+    // split by hash like any full leaf, and the new name goes into the half its hash selects.
+    private void MakeIndexed(ulong rootPhys, List<Entry> entries, Entry entry)
+    {
+        if (entries.Count < 2 || entries[0].Name is not [(byte)'.'] || entries[1].Name is not [(byte)'.', (byte)'.'])
+            throw Ext4Exception.Corrupted($"directory {dir.Number}: block 0 does not start with '.' and '..'");
+        var moved = entries.Skip(2).ToList();
+        if (moved.Count < 2) throw Ext4Exception.Corrupted($"directory {dir.Number}: full block 0 with {moved.Count} names");
+        var leafPhys = AppendBlock(); // logical block 1
+        dir.Flags |= InodeFlags.Index;
+
+        var root = new byte[_bs];
+        WriteFakeDirent(root, 0, entries[0], 12);
+        WriteFakeDirent(root, 12, entries[1], _bs - 12);
+        byte stored = fs.Super.DefHashVersion;
+        root[RootInfoOffset + 4] = stored;
+        root[RootInfoOffset + 5] = RootEntriesOffset - RootInfoOffset; // info_length 8
+        int limit = (_bs - RootEntriesOffset) / DxEntrySize - (fs.Super.HasMetadataCsum ? 1 : 0);
+        BinaryPrimitives.WriteUInt16LittleEndian(root.AsSpan(RootEntriesOffset), (ushort)limit);
+        BinaryPrimitives.WriteUInt16LittleEndian(root.AsSpan(RootEntriesOffset + 2), 1);
+        BinaryPrimitives.WriteUInt32LittleEndian(root.AsSpan(RootEntriesOffset + 4), 1);
+        var frame = new Frame(rootPhys, root, RootEntriesOffset, 0);
+        WriteDx(frame);
+
+        var version = EffectiveVersion(stored);
+        SplitLeaf([frame], leafPhys, moved, entry, Hash(entry.Name, version), version);
+    }
+
+    private static void WriteFakeDirent(byte[] block, int pos, Entry e, int recLen)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(block.AsSpan(pos), e.Ino);
+        BinaryPrimitives.WriteUInt16LittleEndian(block.AsSpan(pos + 4), (ushort)recLen);
+        block[pos + 6] = (byte)e.Name.Length;
+        block[pos + 7] = e.Type;
+        e.Name.CopyTo(block, pos + 8);
+    }
+
+    // The legacy, half_md4 and tea hashes have unsigned variants, chosen by the superblock's s_flags.
+    private DxHashVersion EffectiveVersion(byte stored)
+    {
+        var version = (DxHashVersion)stored;
+        return (byte)version <= (byte)DxHashVersion.Tea && fs.Super.UnsignedDirHash ? version + 3 : version;
     }
 
     // One level of the index path: the block, where its (limit, count, entries) start, and the entry followed.
@@ -119,11 +175,9 @@ internal sealed class DirWriter(Ext4Fs fs, TransactionManager.Handle h, InodeBuf
 
     private void AddIndexed(Entry entry)
     {
-        var sb = fs.Super;
         var (rootPhys, root) = ReadDirBlock(0);
-        var version = (DxHashVersion)root[RootInfoOffset + 4];
+        var version = EffectiveVersion(root[RootInfoOffset + 4]);
         int levels = root[RootInfoOffset + 6];
-        if ((byte)version <= (byte)DxHashVersion.Tea && sb.UnsignedDirHash) version += 3;
         uint hash = Hash(entry.Name, version);
 
         // Walk to the leaf, keeping the index path (dx_probe).
@@ -145,18 +199,40 @@ internal sealed class DirWriter(Ext4Fs fs, TransactionManager.Handle h, InodeBuf
             WriteLeaf(leafPhys, entries, false);
             return;
         }
+        SplitLeaf(frames, leafPhys, entries, entry, hash, version);
+    }
 
-        // do_split: sort the leaf by hash, move the upper half to a new block.
-        entries.Add(entry);
-        var sorted = entries.Select(e => (Hash: Hash(e.Name, version), e)).OrderBy(x => x.Hash).ToList();
-        int split = sorted.Count / 2;
-        uint splitHash = sorted[split].Hash;
-        if (sorted[split - 1].Hash == splitHash) splitHash |= 1; // equal hashes continue in the next block
+    // do_split: the full leaf's entries sorted by hash; from the highest hash down they move to a
+    // new block while the moved size stays under half a block (an entry moves unless more than
+    // half of it would cross the middle); if that leaves the first entry alone, the split is by
+    // count. The new block is indexed by its first hash, +1 (continued) when that hash also ends
+    // the lower block. The new name joins the half its hash falls in.
+    private void SplitLeaf(List<Frame> frames, ulong leafPhys, List<Entry> entries, Entry entry, uint entryHash, DxHashVersion version)
+    {
+        var sorted = entries.Select((e, i) => (Hash: Hash(e.Name, version), Index: i)).OrderBy(x => x.Hash).ToList();
+        int size = 0, move = 0, k;
+        for (k = sorted.Count - 1; k >= 0; k--)
+        {
+            int s = entries[sorted[k].Index].Size;
+            if (size + s / 2 > _bs / 2) break;
+            size += s;
+            move++;
+        }
+        int split = Math.Max(1, k > 0 ? sorted.Count - move : sorted.Count / 2);
+        uint hash2 = sorted[split].Hash;
+        uint continued = sorted[split - 1].Hash == hash2 ? 1u : 0u;
+        var movedIdx = sorted.Skip(split).Select(x => x.Index).ToHashSet();
+        var lower = entries.Where((_, i) => !movedIdx.Contains(i)).ToList(); // dx_pack_dirents keeps order
+        var upper = sorted.Skip(split).Select(x => entries[x.Index]).ToList(); // moved in hash order
+        var target = entryHash >= hash2 ? upper : lower;
+        if (target.Sum(e => e.Size) + entry.Size > _bs - Tail)
+            throw new Ext4Exception(Errno.ENOSPC, $"directory {dir.Number}: no room after a leaf split");
+        target.Add(entry);
         uint newLblk = Blocks;
         var newPhys = AppendBlock();
-        WriteLeaf(leafPhys, sorted.Take(split).Select(x => x.e).ToList(), false);
-        WriteLeaf(newPhys, sorted.Skip(split).Select(x => x.e).ToList(), false);
-        InsertIndex(frames, frames.Count - 1, splitHash, newLblk);
+        WriteLeaf(leafPhys, lower, false);
+        WriteLeaf(newPhys, upper, false);
+        InsertIndex(frames, frames.Count - 1, hash2 + continued, newLblk);
     }
 
     // dx_insert_block, growing the index when the node is full: a full non-root node splits in

@@ -20,7 +20,8 @@ namespace Untorn.Tests;
 /// untorn's recovery, and the same raw crash image is repaired by <c>e2fsck -fy</c> instead,
 /// which must leave it <c>e2fsck -fn</c>-clean, checker-clean and equal to a model state too.
 /// The base images hold a 40-entry htree directory (e2fsck -D) so name operations also go through
-/// the index. The 4 KiB images use 2048 blocks per group so that group 1 has a backup superblock:
+/// the index, and a nearly full one-block linear directory that the workload's creates convert to
+/// an htree (make_indexed_dir; the "htree directories at the ends" count shows how often). The 4 KiB images use 2048 blocks per group so that group 1 has a backup superblock:
 /// with metadata_csum and a single group, a primary superblock torn between its two sectors fails
 /// its checksum with nothing to fall back to (the kernel refuses to mount it and e2fsck 1.47
 /// cannot open it either). The counts are printed. Soak: <c>UNTORN_CRASH_SOAK=&lt;seconds&gt;</c> keeps running new
@@ -53,6 +54,7 @@ public class CrashHarnessTests
             var big = Path.Combine(dir, "tree", "big");
             Directory.CreateDirectory(big);
             for (int i = 0; i < 40; i++) File.WriteAllBytes(Path.Combine(big, $"f{i}" + new string('y', 200)), []);
+            FillOneBlock(Path.Combine(dir, "tree", "edge"), mkfsArgs);
             var (rc, output) = Tools.Run(Tools.RequireTool("mke2fs"), ["-q", "-F", .. mkfsArgs.Split(' '), "-d", Path.Combine(dir, "tree"), imagePath]);
             Assert.True(rc == 0, output);
             (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-fyD", imagePath]);
@@ -81,6 +83,17 @@ public class CrashHarnessTests
             Assert.True(c.States > 200 * workloads, $"only {c.States} crash states from {workloads} workloads");
         }
         finally { Directory.Delete(dir, true); }
+    }
+
+    // A linear one-block directory (e2fsck -D leaves those unindexed) with ~40 bytes to spare:
+    // the workload's first longer name in it converts it to an htree (make_indexed_dir).
+    private static void FillOneBlock(string path, string mkfsArgs)
+    {
+        Directory.CreateDirectory(path);
+        int bs = mkfsArgs.Contains("-b 4096") ? 4096 : 1024;
+        int room = bs - 24 - (mkfsArgs.Contains("^metadata_csum") ? 0 : 12), i = 0; // "." and "..", checksum tail
+        for (; room > 250; room -= 208) File.WriteAllBytes(Path.Combine(path, $"e{i++}".PadRight(200, 'z')), []);
+        if (room > 48) File.WriteAllBytes(Path.Combine(path, $"e{i}".PadRight(room - 48, 'z')), []);
     }
 
     private static void RunWorkload(byte[] baseImage, int seed, Counters c, string dir, bool first)

@@ -119,7 +119,7 @@ public class DxDirTests
     }
 
     /// <summary>name → inode from debugfs `ls -p` ("/ino/mode/uid/gid/name/size/"), without . and ..</summary>
-    private static Dictionary<string, uint> DebugfsListing(string debugfs, string image, string dir)
+    internal static Dictionary<string, uint> DebugfsListing(string debugfs, string image, string dir)
     {
         var (_, output) = Run(debugfs, ["-R", $"ls -p {dir}", image]);
         var result = new Dictionary<string, uint>();
