@@ -151,16 +151,19 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         var result = new List<ulong>();
         if (freed == null || freed.Count == 0 || _inLog.Count == 0) return result;
         var logged = blocks.Select(b => b.Key).ToHashSet();
-        var firsts = freed.Select(r => r.First).ToArray();
-        var runs = freed.ToArray();
-        Array.Sort(firsts, runs); // a truncate frees many runs: search them, not the log × runs
+        // A truncate frees many runs: merge them into disjoint ones and search, not the log × runs.
+        var starts = new List<ulong>();
+        var ends = new List<ulong>();
+        foreach (var (first, count) in freed.OrderBy(r => r.First))
+        {
+            if (ends.Count > 0 && first <= ends[^1]) ends[^1] = Math.Max(ends[^1], first + count);
+            else { starts.Add(first); ends.Add(first + count); }
+        }
         foreach (var block in _inLog)
         {
-            int i = Array.BinarySearch(firsts, block);
+            int i = starts.BinarySearch(block);
             if (i < 0) i = ~i - 1;
-            // Freed runs never overlap (a block is freed once per transaction): the run starting
-            // last at or before the block is the only one that can hold it.
-            if (i >= 0 && block - runs[i].First < runs[i].Count && !logged.Contains(block)) result.Add(block);
+            if (i >= 0 && block < ends[i] && !logged.Contains(block)) result.Add(block);
         }
         result.Sort();
         return result;

@@ -131,4 +131,67 @@ public partial class Jbd2RecoveryTests
         finally { Tools.Umount(mnt); }
         FileSpaceTests.AssertFsck(kernel, "after the kernel's replay");
     }
+
+    [GeneratedRegex(@"Free blocks found: (\d+) (\d+)")]
+    private static partial Regex FreeBlocksFound();
+
+    /// <summary>
+    /// The revoke rule at the writer: blocks B and C are logged (T1); B is freed (T2: revoked) and
+    /// logged again later (T3), C is freed and logged again in one transaction (T4: the revoke is
+    /// cancelled). Replay must leave B with T3's bytes and C with T4's, in untorn and in e2fsck.
+    /// </summary>
+    [Theory]
+    [InlineData("ext4-4k")]
+    [InlineData("ext4-no64-nocsum")]
+    public void Open_BlockLoggedAgainAfterRevoke_LaterCopyReplayedLikeE2fsck(string config)
+    {
+        TestImages.Require();
+        var a = TestImages.CopyOf(config);
+        var b = a + ".e2fsck";
+        try
+        {
+            var found = FreeBlocksFound().Match(Tools.Run(Tools.RequireTool("debugfs"), ["-R", "ffb 2 1000", a]).Output);
+            Assert.True(found.Success, "debugfs ffb found no free blocks");
+            ulong blockB = ulong.Parse(found.Groups[1].Value), blockC = ulong.Parse(found.Groups[2].Value);
+            int bs;
+            var expected = new Dictionary<ulong, byte[]>();
+            using (var fs = Ext4Fs.Open(a))
+            {
+                bs = fs.Super.BlockSize;
+                var jw = new Jbd2CommitWriter(fs.Cache.Inner, Jbd2Journal.Open(fs), fs.Super) { CheckpointAfterCommit = false };
+                jw.Open();
+                var tm = new TransactionManager(fs.Cache, jw);
+                void Tx(Action<TransactionManager.Handle> body)
+                {
+                    using (var h = tm.Start()) { body(h); h.Complete(); }
+                    tm.Commit();
+                }
+                byte[] Fill(byte v) => Enumerable.Repeat(v, bs).ToArray();
+                Tx(h => { h.Dirty(blockB, Fill(1)); h.Dirty(blockC, Fill(2)); });
+                Tx(h => h.Freed(blockB, 1));
+                Tx(h => h.Dirty(blockB, expected[blockB] = Fill(3)));
+                Tx(h => { h.Freed(blockC, 1); h.Dirty(blockC, expected[blockC] = Fill(4)); });
+            } // never closed by the writer: the log keeps all four transactions
+            var log = Tools.Run(Tools.RequireTool("debugfs"), ["-R", "logdump -a", a]).Output;
+            Assert.Equal([blockB], RevokeLine().Matches(log).Select(m => ulong.Parse(m.Groups[1].Value)).ToArray());
+            File.Copy(a, b);
+            var (rc, output) = Tools.Run(Tools.RequireTool("e2fsck"), ["-y", "-E", "journal_only", b]);
+            Assert.True(rc is 0 or 1, output);
+            ReplayWithUntorn(a);
+            AssertSameImages(a, b, config);
+            foreach (var (block, bytes) in expected)
+            {
+                var got = new byte[bs];
+                using var f = File.OpenRead(b);
+                f.Seek((long)block * bs, SeekOrigin.Begin);
+                f.ReadExactly(got);
+                Assert.True(got.AsSpan().SequenceEqual(bytes), $"block {block} after e2fsck's replay is not its last logged copy");
+            }
+        }
+        finally
+        {
+            File.Delete(a);
+            File.Delete(b);
+        }
+    }
 }
