@@ -55,7 +55,7 @@ internal static class AllocBench
                 var source = new FsGroupBitmaps(fs);
                 var mballoc = new Mballoc(source, BlockSize);
                 sw.Restart();
-                for (uint g = 0; g < source.GroupCount; g++) mballoc.EnsureLoaded(source.GroupStart(g));
+                for (uint g = 0; g < source.GroupCount; g++) mballoc.EnsureLoaded(source.GroupStart(g), 1);
                 double build = sw.Elapsed.TotalSeconds;
                 var scan = new BitmapScan(source);
                 ulong total = scan.Total;
