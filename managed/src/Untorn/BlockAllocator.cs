@@ -39,6 +39,7 @@ internal sealed class BlockAllocator(Ext4Fs fs, Mballoc mballoc) : IExtentBlockA
         // (and the deferred free would then find them free already). Extents may cross groups.
         mballoc.EnsureLoaded(cluster, count);
         MarkOnDisk(h, cluster, count, used: false);
+        h.Freed(cluster * _ratio, count * _ratio);
         h.AfterCommit(() => mballoc.Free(cluster, count));
     }
 

@@ -109,6 +109,11 @@ internal sealed class BufferCache(IBlockDevice inner, int blockSize) : IBlockDev
     public void Release(ulong block, byte[] data) =>
         _blocks.TryRemove(new KeyValuePair<ulong, byte[]>(block, data));
 
+    /// <summary>The cached blocks in [first, +count) (a freed run: usually none).</summary>
+    public List<ulong> CachedIn(ulong first, ulong count) => count <= (ulong)_blocks.Count
+        ? Enumerable.Range(0, (int)count).Select(i => first + (ulong)i).Where(_blocks.ContainsKey).ToList()
+        : _blocks.Keys.Where(b => b >= first && b - first < count).ToList();
+
     /// <summary>Forgets a block (freed metadata that will be reused for data).</summary>
     public void Forget(ulong block) => _blocks.TryRemove(block, out _);
 

@@ -6,16 +6,19 @@ namespace Untorn;
 /// Commits metadata transactions through the internal jbd2 journal (fs/jbd2/commit.c), in the
 /// format the kernel and e2fsck replay, with two flushes per commit, as the kernel's
 /// PREFLUSH+FUA commit record costs: descriptor blocks of tags and the blocks themselves (escaped
-/// when they begin with the jbd2 magic), a flush — which also makes durable the file data written
-/// for this transaction (ordered mode) — then the commit block, a flush. Checkpointing is lazy, as
-/// in jbd2: committed blocks wait in memory (the buffer cache keeps serving them) and go home in
-/// one batch, newest version only, when the log is half full; the batch is written just before a
-/// commit's log blocks, so that commit's first flush makes it durable and its commit record's epoch
-/// moves the tail to it (if only the superblock lands, the batch is home and the new transaction
-/// is not replayed; if only the commit record lands, everything from the old tail is replayed, in
-/// order). A transaction that frees blocks is checkpointed entirely at once (home, a flush, the
-/// tail past it, a flush) before the freed blocks can be reused, so no transaction that logged a
-/// freed block is ever replayed over data reusing it (no revoke records needed). While the writer
+/// when they begin with the jbd2 magic), then revoke blocks, a flush — which also makes durable the
+/// file data written for this transaction (ordered mode) — then the commit block, a flush.
+/// Checkpointing is lazy, as in jbd2: committed blocks wait in memory (the buffer cache keeps
+/// serving them) and go home in one batch, newest version only, when the log is half full; the
+/// batch is written just before a commit's log blocks, so that commit's first flush makes it
+/// durable and its commit record's epoch moves the tail to it (if only the superblock lands, the
+/// batch is home and the new transaction is not replayed; if only the commit record lands,
+/// everything from the old tail is replayed, in order). A freed block that a transaction still in
+/// the log (tail to head) logged is revoked by the freeing transaction (jbd2_journal_revoke): the
+/// revoke suppresses replay of that block from every transaction up to and including the revoking
+/// one, and its waiting copy never goes home, so once the free commits the block may hold file
+/// data; a later transaction that logs the block again is replayed normally. A block freed and
+/// logged again in one transaction is not revoked (jbd2_journal_cancel_revoke). While the writer
 /// is open the filesystem carries needs_recovery, as a mounted ext4 does.
 /// </summary>
 internal sealed class Jbd2CommitWriter : ICommitWriter
@@ -28,6 +31,7 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     private bool _open;
     private readonly Dictionary<ulong, byte[]> _waiting = new(); // committed, not yet written home
     private long _logUsed; // log blocks from the tail to the head
+    private readonly HashSet<ulong> _inLog = new(); // home blocks logged by the transactions from the tail on
 
     /// <summary>Past this many waiting blocks a commit checkpoints first (bounds memory and replay work).</summary>
     internal const int MaxWaitingBlocks = 4096;
@@ -72,6 +76,7 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     {
         if (!_open) return;
         WriteHome(new List<KeyValuePair<ulong, byte[]>>());
+        _inLog.Clear();
         _dev.Flush(); // the log may forget the transactions only once they are home
         var jsb = _journal.Super;
         jsb.Start = 0;
@@ -86,7 +91,7 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
     /// <summary>The committed bytes of a block still waiting to go home, or null (the device has them).</summary>
     public byte[]? Waiting(ulong block) => _waiting.GetValueOrDefault(block);
 
-    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
+    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, IReadOnlyList<(ulong First, ulong Count)>? freed = null)
     {
         if (!_open) throw new InvalidOperationException("journal writer not opened");
         var jsb = _journal.Super;
@@ -94,12 +99,16 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         int tail = jsb.HasCsumV2OrV3 ? Jbd2Format.TailSize : 0;
         int perDescriptor = (_bs - Jbd2Format.HeaderSize - tail - 16) / tagSize; // the first tag carries the 16-byte uuid
         int descriptors = (blocks.Count + perDescriptor - 1) / perDescriptor;
-        long needed = descriptors + blocks.Count + 1, capacity = jsb.MaxLen - jsb.First;
+        var revoked = Revokes(blocks, freed);
+        int perRevoke = (_bs - Jbd2Format.HeaderSize - 4 - tail) / RevokeRecordSize;
+        int revokeBlocks = (revoked.Count + perRevoke - 1) / perRevoke;
+        long needed = descriptors + blocks.Count + revokeBlocks + 1, capacity = jsb.MaxLen - jsb.First;
         if (needed > capacity / 2)
             throw new InvalidOperationException($"transaction of {blocks.Count} blocks does not fit the {capacity}-block journal");
 
         var home = new List<KeyValuePair<ulong, byte[]>>();
-        // Past half the log, the waiting blocks go home ahead of this log. Until this commit's
+        // Past half the log, the waiting blocks go home ahead of this log (revoked ones too: until
+        // this commit lands they are not free, and the tail may move without it). Until this commit's
         // epoch moves the tail, the old transactions must stay intact behind it: with at most half
         // the log in use and a transaction of at most half, the new log blocks never reach them.
         bool moveTail = CheckpointAfterCommit && _waiting.Count > 0 &&
@@ -107,6 +116,7 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         if (moveTail) WriteHome(home);
         uint seq = _sequence, start = _head;
         WriteLogBlocks(seq, blocks, perDescriptor, tagSize, tail);
+        WriteRevokeBlocks(seq, revoked, perRevoke, tail);
         // One flush for what must precede the commit record: this transaction's log blocks, the
         // file data it points at (ordered mode), and the checkpoint batch written above.
         _dev.Flush();
@@ -123,23 +133,68 @@ internal sealed class Jbd2CommitWriter : ICommitWriter
         _dev.Flush();
         _sequence = seq + 1;
 
+        // The free is durable: the revoked blocks' old bytes must never go home over new data.
+        if (moveTail) _inLog.Clear();
+        foreach (var block in revoked)
+        {
+            _inLog.Remove(block);
+            _waiting.Remove(block);
+        }
+        foreach (var (block, _) in blocks) _inLog.Add(block);
         if (!CheckpointAfterCommit) return blocks; // tests: the log keeps everything, nothing goes home
         foreach (var (block, data) in blocks) _waiting[block] = data;
-        if (freesBlocks) Checkpoint(home);
         return home;
     }
 
-    // Empties the log: everything waiting goes home, a flush, the tail moves to the head, a flush.
-    private void Checkpoint(List<KeyValuePair<ulong, byte[]>> home)
+    private int RevokeRecordSize => _journal.Super.Has64Bit ? 8 : 4;
+
+    // The freed blocks a transaction in the log holds, in block order, except those this
+    // transaction logs again (a cancelled revoke: its new copy must replay).
+    private List<ulong> Revokes(IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, IReadOnlyList<(ulong First, ulong Count)>? freed)
     {
-        WriteHome(home);
-        _dev.Flush();
-        var jsb = _journal.Super;
-        jsb.Start = _head;
-        jsb.Sequence = _sequence;
-        WriteJournalSuperblock();
-        _dev.Flush();
-        _logUsed = 0;
+        var result = new List<ulong>();
+        if (freed == null || freed.Count == 0 || _inLog.Count == 0) return result;
+        var logged = blocks.Select(b => b.Key).ToHashSet();
+        // A truncate frees many runs: merge them into disjoint ones and search, not the log × runs.
+        var starts = new List<ulong>();
+        var ends = new List<ulong>();
+        foreach (var (first, count) in freed.OrderBy(r => r.First))
+        {
+            if (ends.Count > 0 && first <= ends[^1]) ends[^1] = Math.Max(ends[^1], first + count);
+            else { starts.Add(first); ends.Add(first + count); }
+        }
+        foreach (var block in _inLog)
+        {
+            int i = starts.BinarySearch(block);
+            if (i < 0) i = ~i - 1;
+            if (i >= 0 && block < ends[i] && !logged.Contains(block)) result.Add(block);
+        }
+        result.Sort();
+        return result;
+    }
+
+    // jbd2_journal_revoke_header_t: the header, r_count (bytes used, header included), then
+    // big-endian block numbers; with csum v2/v3 the block tail holds crc32c over the whole block.
+    private void WriteRevokeBlocks(uint seq, List<ulong> revoked, int perRevoke, int tail)
+    {
+        int size = RevokeRecordSize;
+        for (int first = 0; first < revoked.Count; first += perRevoke)
+        {
+            int n = Math.Min(perRevoke, revoked.Count - first);
+            var block = new byte[_bs];
+            Jbd2Format.WriteHeader(block, Jbd2Format.BlockRevoke, seq);
+            int pos = Jbd2Format.HeaderSize + 4;
+            for (int i = 0; i < n; i++, pos += size)
+            {
+                ulong b = revoked[first + i];
+                if (size == 8) BinaryPrimitives.WriteUInt64BigEndian(block.AsSpan(pos), b);
+                else BinaryPrimitives.WriteUInt32BigEndian(block.AsSpan(pos), checked((uint)b));
+            }
+            BinaryPrimitives.WriteUInt32BigEndian(block.AsSpan(Jbd2Format.HeaderSize), (uint)pos);
+            if (tail != 0) SetTailChecksum(block);
+            WriteLog(_head, block);
+            _head = _journal.Next(_head);
+        }
     }
 
     // Writes the waiting blocks to their home locations in block order; they join `home`.

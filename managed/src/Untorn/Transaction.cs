@@ -7,11 +7,12 @@ internal interface ICommitWriter
     /// Makes <paramref name="blocks"/> durable together (for jbd2: log, flush, commit record,
     /// flush) and writes them to their home locations, then or in a later commit's batch. File data written before the call
     /// must reach the device first (ordered mode): implementations flush before committing.
-    /// <paramref name="freesBlocks"/>: blocks freed by the transaction become reusable on return,
-    /// so nothing older may be replayed over them after a crash. Returns the blocks written to
-    /// their home locations by this call (of this or earlier transactions): the cache may drop them.
+    /// <paramref name="freed"/>: block runs the transaction freed; they become reusable on return,
+    /// so nothing older may be replayed or checkpointed over them after that (jbd2: revoke records).
+    /// Returns the blocks written to their home locations by this call (of this or earlier
+    /// transactions): the cache may drop them.
     /// </summary>
-    IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false);
+    IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, IReadOnlyList<(ulong First, ulong Count)>? freed = null);
 
     /// <summary>The committed bytes of a block not yet written home, or null when the device holds them.</summary>
     byte[]? Waiting(ulong block);
@@ -32,7 +33,7 @@ internal sealed class InPlaceCommitWriter(IBlockDevice device, int blockSize) : 
 {
     public bool IsCrashSafe => false;
 
-    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, bool freesBlocks = false)
+    public IReadOnlyList<KeyValuePair<ulong, byte[]>> Commit(ulong tid, IReadOnlyList<KeyValuePair<ulong, byte[]>> blocks, IReadOnlyList<(ulong First, ulong Count)>? freed = null)
     {
         device.Flush();
         foreach (var (block, data) in blocks.OrderBy(b => b.Key))
@@ -56,6 +57,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
     private readonly BufferCache _cache = cache;
     private Dictionary<ulong, byte[]> _running = new();
     private List<Action> _afterCommit = new();
+    private List<(ulong First, ulong Count)> _freed = new();
     private ulong _tid = 1;
 
     public bool IsCrashSafe => writer.IsCrashSafe;
@@ -85,7 +87,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
     {
         lock (_lock)
         {
-            if (_running.Count == 0)
+            if (_running.Count == 0 && _freed.Count == 0)
             {
                 foreach (var a in _afterCommit) a();
                 _afterCommit.Clear();
@@ -94,9 +96,10 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
             var blocks = _running.ToList();
             IReadOnlyList<KeyValuePair<ulong, byte[]>> home;
             _cache.BeginHomeWrites();
-            try { home = writer.Commit(_tid++, blocks, freesBlocks: _afterCommit.Count > 0); }
+            try { home = writer.Commit(_tid++, blocks, _freed); }
             finally { _cache.EndHomeWrites(); }
             _running = new Dictionary<ulong, byte[]>();
+            _freed = new List<(ulong, ulong)>();
             foreach (var (block, data) in home) _cache.Release(block, data);
             var after = _afterCommit;
             _afterCommit = new List<Action>();
@@ -140,6 +143,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
         private readonly Dictionary<ulong, (byte[]? Cached, bool WasRunning, byte[]? Running)> _undo = new();
         private readonly List<Action> _onAbort = new();
         private readonly List<Action> _afterCommitLocal = new();
+        private readonly List<(ulong First, ulong Count)> _freedLocal = new();
         private bool _done;
 
         internal Handle(TransactionManager tm) => _tm = tm;
@@ -164,7 +168,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
 
         /// <summary>
         /// A metadata block was freed: drop its pending bytes (it may next hold file data, which must
-        /// not be overwritten by a later commit or checkpoint). A journal also records a revoke here.
+        /// not be overwritten by a later commit or checkpoint). <see cref="Freed"/> also does this.
         /// </summary>
         public void Forget(ulong block)
         {
@@ -176,6 +180,18 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
             }
             _tm._cache.Forget(block);
             _tm._running.Remove(block);
+        }
+
+        /// <summary>
+        /// Blocks [first, +count) were freed (jbd2_journal_forget/revoke for whatever metadata they
+        /// held): their pending bytes are dropped and the commit tells the writer, which revokes the
+        /// ones an older transaction in the log still holds and never checkpoints them.
+        /// </summary>
+        public void Freed(ulong first, ulong count)
+        {
+            ObjectDisposedException.ThrowIf(_done, this);
+            foreach (var block in _tm._cache.CachedIn(first, count)) Forget(block);
+            _freedLocal.Add((first, count));
         }
 
         /// <summary>
@@ -198,6 +214,7 @@ internal sealed class TransactionManager(BufferCache cache, ICommitWriter writer
             ObjectDisposedException.ThrowIf(_done, this);
             _done = true;
             _tm._afterCommit.AddRange(_afterCommitLocal);
+            _tm._freed.AddRange(_freedLocal);
             _tm._lock.Exit();
         }
 
