@@ -125,10 +125,11 @@ internal sealed partial class Ext4Check
         var set = new HashSet<uint>();
         uint ino = BinaryPrimitives.ReadUInt32LittleEndian(rawSuper.AsSpan(0xE8));
         var raw = new byte[sb.InodeSize];
+        var groups = new GroupDescTable(fs.Device, sb);
         while (ino != 0 && ino <= sb.InodesCount && set.Add(ino))
         {
             uint g = (ino - 1) / sb.InodesPerGroup;
-            var gd = new GroupDescTable(fs.Device, sb).Get(g);
+            var gd = groups.Get(g);
             fs.Device.Read((long)gd.InodeTable * sb.BlockSize + (long)((ino - 1) % sb.InodesPerGroup) * sb.InodeSize, raw);
             ino = BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(0x14));
         }

@@ -28,21 +28,29 @@ public sealed partial class Ext4Fs
     internal void Truncate(uint ino, ulong length)
     {
         var ws = Writer;
-        int bs = Super.BlockSize;
         using var h = ws.Transactions.Start();
         var inode = InodeBuffer.Load(this, ino);
         if (length < inode.Size)
         {
-            var tree = new ExtentTree(this, h, inode, ws.Allocator);
-            ZeroPartialBlock(inode, length);
-            ulong keep = (length + (ulong)bs - 1) / (ulong)bs;
-            new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove((uint)Math.Min(keep, uint.MaxValue), (1UL << 32) - keep));
+            FreeBlocksPast(h, ws, inode, length);
             ws.Allocator.Mballoc.DiscardPreallocations(ino);
         }
         inode.Size = length;
         Touch(inode);
         inode.Save(h, this);
         h.Complete();
+    }
+
+    // ext4_truncate's block side (also an orphan's): the last partial block zeroed past
+    // `length`, every block after it unmapped and its clusters freed.
+    private void FreeBlocksPast(TransactionManager.Handle h, WriteState ws, InodeBuffer inode, ulong length)
+    {
+        int bs = Super.BlockSize;
+        ulong keep = (length + (ulong)bs - 1) / (ulong)bs;
+        if (keep >= 1UL << 32) return; // nothing can be mapped past the last logical block
+        ZeroPartialBlock(inode, length);
+        var tree = new ExtentTree(this, h, inode, ws.Allocator);
+        new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove((uint)keep, (1UL << 32) - keep));
     }
 
     /// <summary>fallocate(2): mode 0 or KEEP_SIZE reserve unwritten blocks; PUNCH_HOLE|KEEP_SIZE frees; ZERO_RANGE zeroes.</summary>
@@ -181,12 +189,13 @@ public sealed partial class Ext4Fs
     private void ReserveUnwritten(TransactionManager.Handle h, WriteState ws, InodeBuffer inode, ExtentTree tree, ulong start, ulong end)
     {
         int bs = Super.BlockSize;
+        var clusters = new ClusterMap(this, h, inode, tree, ws.Allocator);
         for (ulong lblk = start / (ulong)bs; lblk < (end + (ulong)bs - 1) / (ulong)bs;)
         {
             ulong want = (end + (ulong)bs - 1) / (ulong)bs - lblk;
             var run = BlockMapper.For(this, inode.Parsed).Map(lblk, want);
             if (!run.IsHole) { lblk += run.Length; continue; }
-            lblk += new ClusterMap(this, h, inode, tree, ws.Allocator).MapHole(lblk, run.Length, unwritten: true, GoalFor(tree, (uint)lblk)).Length;
+            lblk += clusters.MapHole(lblk, run.Length, unwritten: true, GoalFor(tree, (uint)lblk)).Length;
         }
     }
 

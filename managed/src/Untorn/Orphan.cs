@@ -375,17 +375,7 @@ public sealed partial class Ext4Fs
             return;
         }
         var parsed = inode.Parsed;
-        if (parsed.HasExtents && !parsed.HasInlineData)
-        {
-            int bs = Super.BlockSize;
-            ulong keep = (inode.Size + (ulong)bs - 1) / (ulong)bs;
-            if (keep < 1UL << 32)
-            {
-                ZeroPartialBlock(inode, inode.Size);
-                var tree = new ExtentTree(this, h, inode, ws.Allocator);
-                new ClusterMap(this, h, inode, tree, ws.Allocator).Free(tree.Remove((uint)keep, (1UL << 32) - keep));
-            }
-        }
+        if (parsed.HasExtents && !parsed.HasInlineData) FreeBlocksPast(h, ws, inode, inode.Size);
         inode.Save(h, this);
     }
 }
